@@ -1,0 +1,96 @@
+//! The admin listener: `/metrics` (Prometheus), `/healthz` (alive),
+//! `/readyz` (every route has a usable server) and `/status` (JSON view of
+//! every pool and server).
+
+use crate::config::Config;
+use crate::metrics;
+use crate::pool::Pool;
+use async_trait::async_trait;
+use http::Response;
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Admin {
+    config: Arc<Config>,
+    pools: Vec<Arc<Pool>>,
+}
+
+impl Admin {
+    pub fn new(config: Arc<Config>, pools: Vec<Arc<Pool>>) -> Self {
+        Admin { config, pools }
+    }
+
+    /// Routes whose pool has no usable server right now.
+    fn unready_routes(&self, now: Instant) -> Vec<&str> {
+        self.config
+            .routes
+            .iter()
+            .filter(|r| !self.pools[r.pool].has_usable(now))
+            .map(|r| r.name.as_str())
+            .collect()
+    }
+
+    fn status_json(&self, now: Instant) -> serde_json::Value {
+        let pools: Vec<_> = self.pools.iter().map(|p| p.snapshot(now)).collect();
+        serde_json::json!({
+            "pools": pools,
+            "unready_routes": self.unready_routes(now),
+        })
+    }
+
+    /// Gauges that describe state are read from the pools at scrape time,
+    /// so they can never drift from what selection sees.
+    fn refresh_gauges(&self, now: Instant) {
+        for pool in &self.pools {
+            for s in &pool.servers {
+                let up = s.availability(now).is_usable();
+                metrics::set_server_state(&pool.name, &s.addr, s.outstanding(), up);
+            }
+        }
+    }
+}
+
+fn respond(status: u16, content_type: &str, body: String) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body.into_bytes())
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let now = Instant::now();
+        let path = session.req_header().uri.path().to_owned();
+        match path.as_str() {
+            "/metrics" => {
+                self.refresh_gauges(now);
+                respond(200, "text/plain; version=0.0.4", metrics::render())
+            }
+            "/healthz" => respond(200, "text/plain", "ok\n".into()),
+            "/readyz" => {
+                let unready = self.unready_routes(now);
+                if unready.is_empty() {
+                    respond(200, "text/plain", "ready\n".into())
+                } else {
+                    respond(
+                        503,
+                        "text/plain",
+                        format!("no usable server for routes: {}\n", unready.join(", ")),
+                    )
+                }
+            }
+            "/status" => respond(200, "application/json", self.status_json(now).to_string()),
+            _ => respond(
+                404,
+                "text/plain",
+                "not found; try /metrics /healthz /readyz /status\n".into(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The validated configuration the gateway runs on. Never deserialised
+//! directly: `config::load` builds it from the raw TOML shape after checking
+//! every key, so code that holds a `Config` can trust every value in it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerSection,
+    pub admin: AdminSection,
+    pub limits: Limits,
+    pub log: LogSection,
+    pub pools: Vec<PoolConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSection {
+    /// Client listeners, `host:port` (HTTP/1.1 and h2c).
+    pub listen: Vec<String>,
+    /// Worker threads; default: number of cores.
+    pub threads: usize,
+    /// Seconds a graceful shutdown waits for requests in flight.
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminSection {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_request_body: u64,
+    pub max_header_bytes: u64,
+    pub header_timeout: Duration,
+    pub max_decompression_ratio: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSection {
+    pub format: LogFormat,
+    /// tracing-subscriber EnvFilter directive, e.g. "info" or "ballast=debug".
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub max_conns: u32,
+    /// Value of the `Host` header sent upstream; `None` keeps the client's.
+    pub host: Option<String>,
+    pub tls: bool,
+    pub sni: Option<String>,
+    /// Environment variable whose value is sent as `Authorization: Bearer …`.
+    pub api_key_env: Option<String>,
+    pub health: Option<HealthConfig>,
+    pub queue: QueueConfig,
+    pub servers: Vec<ServerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueConfig {
+    pub max_depth: u32,
+    pub max_wait: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// `host:port` as written; a hostname is resolved at start-up.
+    pub addr: String,
+    pub resolved: SocketAddr,
+    pub weight: u32,
+    /// Cap on outstanding requests; 0 = none. Already merged with the pool default.
+    pub max_conns: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub name: String,
+    pub path_prefix: String,
+    pub models: Vec<String>,
+    /// Index into `Config::pools`.
+    pub pool: usize,
+    pub fallback: Vec<Fallback>,
+    pub openai: bool,
+    pub retry: RetryConfig,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fallback {
+    /// Index into `Config::pools`.
+    pub pool: usize,
+    pub model: Option<String>,
+}
+
+/// What a failed or busy attempt turned out to be; `route.retry.on` lists these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryOn {
+    ConnectError,
+    Timeout,
+    Reset,
+    Status(u16),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    pub attempts: u32,
+    pub on: Vec<RetryOn>,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub jitter: f64,
+    pub budget: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub stream_idle: Duration,
+    pub total: Duration,
+    pub websocket_idle: Duration,
+}

@@ -1,0 +1,197 @@
+//! The TOML shape users write, exactly as serde reads it.
+//!
+//! Every struct denies unknown keys, every key is optional (defaults are applied
+//! in `validate`, which also reports missing required keys such as
+//! `pool.servers` and `route.pool`), and every leaf keeps its source span so a
+//! problem found after deserialisation can name its line and column.
+//!
+//! Values that need checking (durations, sizes, ranges) are kept loose here —
+//! strings and `i64`s — so that `validate` can report every bad value at once
+//! instead of serde stopping at the first.
+//!
+//! Sub-tables (`[pool.health]`, `[route.retry]`, …) are deliberately not wrapped
+//! in `Spanned`: a table written with dotted keys (`health.rise = 2`) has no
+//! span and `Spanned` would refuse it.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// An optional key with its source location.
+pub(crate) type Opt<T> = Option<Spanned<T>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub pool: Vec<Spanned<RawPool>>,
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub listen: Opt<Vec<Spanned<String>>>,
+    pub threads: Opt<i64>,
+    /// Extension: how long a graceful shutdown waits for requests in flight.
+    pub grace_period: Opt<String>,
+    /// Listed (commented out) in the design; accepted so that writing it gives
+    /// a clear "not supported by this build" instead of "unknown key".
+    pub tls: Option<RawListenerTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListenerTls {
+    pub cert: Opt<String>,
+    pub key: Opt<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub listen: Opt<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub max_request_body: Opt<StrOrInt>,
+    pub max_header_bytes: Opt<StrOrInt>,
+    pub header_timeout: Opt<String>,
+    pub max_decompression_ratio: Opt<i64>,
+}
+
+/// Extension: logging output.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLog {
+    pub format: Opt<String>,
+    pub level: Opt<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPool {
+    pub name: Opt<String>,
+    pub max_fails: Opt<i64>,
+    pub fail_timeout: Opt<String>,
+    pub max_conns: Opt<i64>,
+    pub host: Opt<String>,
+    pub tls: Opt<bool>,
+    pub sni: Opt<String>,
+    pub api_key_env: Opt<String>,
+    pub health: Option<RawHealth>,
+    pub queue: Option<RawQueue>,
+    pub servers: Opt<Vec<Spanned<RawUpstream>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub path: Opt<String>,
+    pub interval: Opt<String>,
+    pub timeout: Opt<String>,
+    pub rise: Opt<i64>,
+    pub fall: Opt<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQueue {
+    pub max_depth: Opt<i64>,
+    pub max_wait: Opt<String>,
+}
+
+/// One `[[pool.servers]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub addr: Opt<String>,
+    pub weight: Opt<i64>,
+    pub max_conns: Opt<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub name: Opt<String>,
+    pub path_prefix: Opt<String>,
+    pub models: Option<Vec<Spanned<String>>>,
+    pub pool: Opt<String>,
+    pub fallback: Option<Vec<Spanned<RawFallback>>>,
+    pub openai: Opt<bool>,
+    pub retry: Option<RawRetry>,
+    pub timeouts: Option<RawTimeouts>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFallback {
+    pub pool: Opt<String>,
+    pub model: Opt<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    pub attempts: Opt<i64>,
+    pub on: Option<Vec<Spanned<StrOrInt>>>,
+    pub backoff_base: Opt<String>,
+    pub backoff_max: Opt<String>,
+    pub jitter: Opt<f64>,
+    pub budget: Opt<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTimeouts {
+    pub connect: Opt<String>,
+    pub first_byte: Opt<String>,
+    pub stream_idle: Opt<String>,
+    pub total: Opt<String>,
+    pub websocket_idle: Opt<String>,
+}
+
+/// A value users may write either as a string or as a bare integer: sizes
+/// (`"16MiB"` or `16777216`) and retry conditions (`"429"` or `429`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum StrOrInt {
+    Str(String),
+    Int(i64),
+}
+
+impl<'de> Deserialize<'de> for StrOrInt {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = StrOrInt;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StrOrInt, E> {
+                Ok(StrOrInt::Str(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StrOrInt, E> {
+                Ok(StrOrInt::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<StrOrInt, E> {
+                i64::try_from(v)
+                    .map(StrOrInt::Int)
+                    .map_err(|_| E::custom("integer is too large"))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}

@@ -1,0 +1,277 @@
+//! Problems: every kind of mistake is reported with its line, column and key.
+
+use super::*;
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let text = format!("{MINIMAL}[route.retry]\nattempts = 2\nbogus = 1\n");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!(p[0].key, "route[0].retry.bogus");
+    assert_eq!((p[0].line, p[0].column), (12, 1));
+    assert!(
+        p[0].message.contains("unknown key `bogus`"),
+        "{}",
+        p[0].message
+    );
+
+    // top level, inline table, table header
+    let p = problems("[pool]\nname = \"p\"\n");
+    assert_eq!((p[0].key.as_str(), p[0].line), ("pool", 1));
+    assert!(p[0]
+        .message
+        .ends_with("write [[pool]] (double brackets) for each pool"));
+    let p = problems("colour = 1\n");
+    assert_eq!((p[0].key.as_str(), p[0].line), ("colour", 1));
+    let text = MINIMAL.replace(
+        "pool = \"p\"",
+        "pool = \"p\"\nfallback = [{ pool = \"p\" }, { pool = \"p\", modle = \"x\" }]",
+    );
+    assert_eq!(problems(&text)[0].key, "route[0].fallback[1].modle");
+    let text = MINIMAL.replace(
+        "[[pool.servers]]",
+        "[pool.helth]\nrise = 1\n[[pool.servers]]",
+    );
+    let p = problems(&text);
+    assert_eq!((p[0].key.as_str(), p[0].line), ("pool[0].helth", 4));
+}
+
+#[test]
+fn wrong_type_names_key() {
+    let text = MINIMAL.replace(
+        "addr = \"127.0.0.1:8101\"",
+        "addr = \"127.0.0.1:8101\"\nweight = \"heavy\"",
+    );
+    let p = problems(&text);
+    assert_eq!(p.len(), 1);
+    assert_eq!(
+        (p[0].key.as_str(), p[0].line, p[0].column),
+        ("pool[0].servers[0].weight", 6, 10)
+    );
+    assert!(p[0].message.contains("invalid type"), "{}", p[0].message);
+}
+
+#[test]
+fn syntax_error_has_position() {
+    let p = problems("[server]\nthreads = = 2\n");
+    assert_eq!(p.len(), 1);
+    assert_eq!((p[0].line, p[0].column), (2, 11));
+    assert_eq!(p[0].key, "");
+    assert!(!p[0].message.contains('\n'));
+}
+
+#[test]
+fn bad_duration() {
+    let text = format!(
+        "{MINIMAL}[route.timeouts]\nconnect = \"2 parsecs\"\ntotal = \"0s\"\nfirst_byte = \"30\"\n"
+    );
+    let p = problems(&text);
+    assert_eq!(p.len(), 3, "{p:#?}");
+    let connect = problem(&p, "route[0].timeouts.connect");
+    assert_eq!((connect.line, connect.column), (11, 11));
+    assert!(
+        connect.message.contains("invalid duration '2 parsecs'"),
+        "{}",
+        connect.message
+    );
+    assert!(problem(&p, "route[0].timeouts.total")
+        .message
+        .contains("greater than 0"));
+    problem(&p, "route[0].timeouts.first_byte");
+}
+
+#[test]
+fn sizes() {
+    let text =
+        format!("[limits]\nmax_request_body = \"16 lightyears\"\nmax_header_bytes = -1\n{MINIMAL}");
+    let p = problems(&text);
+    assert_eq!(p.len(), 2, "{p:#?}");
+    let body = problem(&p, "limits.max_request_body");
+    assert_eq!(body.line, 2);
+    assert!(
+        body.message.contains("invalid size '16 lightyears'"),
+        "{}",
+        body.message
+    );
+    problem(&p, "limits.max_header_bytes");
+
+    let text = format!("[limits]\nmax_request_body = 1000\nmax_header_bytes = \"1KB\"\n{MINIMAL}");
+    let c = parse("t", &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (c.limits.max_request_body, c.limits.max_header_bytes),
+        (1000, 1000)
+    );
+}
+
+#[test]
+fn route_to_missing_pool() {
+    let text = MINIMAL.replace(
+        "pool = \"p\"",
+        "pool = \"q\"\nfallback = [{ pool = \"nope\" }]",
+    );
+    let p = problems(&text);
+    // The third: fallback itself is not supported yet.
+    assert_eq!(p.len(), 3, "{p:#?}");
+    let route = problem(&p, "route[0].pool");
+    assert_eq!(route.line, 9);
+    assert_eq!(route.message, "unknown pool 'q'; known pools: 'p'");
+    problem(&p, "route[0].fallback[0].pool");
+
+    let p = problems("[[route]]\nname = \"r\"\n");
+    assert!(problem(&p, "route[0].pool")
+        .message
+        .contains("no pools are defined"));
+    problem(&p, "pool");
+}
+
+#[test]
+fn pool_with_empty_servers() {
+    let p =
+        problems("[[pool]]\nname = \"p\"\nservers = []\n[[route]]\nname = \"r\"\npool = \"p\"\n");
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!((p[0].key.as_str(), p[0].line), ("pool[0].servers", 3));
+    assert_eq!(p[0].message, "pool 'p' has no servers");
+
+    let p = problems("[[pool]]\nname = \"p\"\n[[route]]\nname = \"r\"\npool = \"p\"\n");
+    assert!(problem(&p, "pool[0].servers")
+        .message
+        .starts_with("pool 'p' has no servers"));
+}
+
+#[test]
+fn duplicate_pool_names() {
+    let text =
+        format!("{MINIMAL}\n[[pool]]\nname = \"p\"\n[[pool.servers]]\naddr = \"127.0.0.1:8102\"\n");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!((p[0].key.as_str(), p[0].line), ("pool[1].name", 12));
+    assert_eq!(
+        p[0].message,
+        "duplicate pool name 'p' (first defined on line 3)"
+    );
+}
+
+#[test]
+fn duplicate_route_names() {
+    let text =
+        format!("{MINIMAL}\n[[route]]\nname = \"r\"\npath_prefix = \"/v2/\"\npool = \"p\"\n");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!((p[0].key.as_str(), p[0].line), ("route[1].name", 12));
+    assert!(p[0].message.starts_with("duplicate route name 'r'"));
+}
+
+#[test]
+fn same_prefix_without_models() {
+    let text = format!("{MINIMAL}\n[[route]]\nname = \"r2\"\npool = \"p\"\n[[route]]\nname = \"r3\"\nmodels = [\"m\"]\npool = \"p\"\n");
+    let p = problems(&text);
+    // The second: `models` itself is not supported yet.
+    assert_eq!(p.len(), 2, "{p:#?}");
+    assert_eq!((p[0].key.as_str(), p[0].line), ("route[1].path_prefix", 11));
+    problem(&p, "route[2].models");
+}
+
+#[test]
+fn bad_retry_on() {
+    let text =
+        format!("{MINIMAL}[route.retry]\non = [\"connect_error\", \"418\", \"teapot\", 503]\n");
+    let p = problems(&text);
+    assert_eq!(p.len(), 2, "{p:#?}");
+    let bad = problem(&p, "route[0].retry.on[1]");
+    assert_eq!((bad.line, bad.column), (11, 24));
+    assert!(bad
+        .message
+        .starts_with("unknown retry condition '418'; expected one of connect_error"));
+    problem(&p, "route[0].retry.on[2]");
+}
+
+#[test]
+fn retry_ranges() {
+    let text = format!(
+        "{MINIMAL}[route.retry]\nattempts = 0\nbackoff_base = \"1m\"\njitter = 1.5\nbudget = -0.1\n"
+    );
+    let p = problems(&text);
+    assert_eq!(p.len(), 4, "{p:#?}");
+    for key in ["attempts", "backoff_base", "jitter", "budget"] {
+        problem(&p, &format!("route[0].retry.{key}"));
+    }
+}
+
+#[test]
+fn many_problems_are_all_reported() {
+    let text = r#"
+[server]
+listen = ["localhost"]
+threads = 0
+
+[admin]
+listen = "nowhere"
+
+[log]
+format = "xml"
+
+[[pool]]
+name = "a"
+tls = true
+api_key_env = "BALLAST_TEST_SURELY_UNSET_VARIABLE"
+[pool.health]
+path = "health"
+rise = 0
+[[pool.servers]]
+addr = "127.0.0.1"
+weight = 0
+[[pool.servers]]
+addr = "http://127.0.0.1:80"
+
+[[route]]
+name = "r"
+path_prefix = "v1"
+pool = "b"
+"#;
+    let p = problems(text);
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "server.listen[0]",
+            "server.threads",
+            "admin.listen",
+            "log.format",
+            "pool[0].tls",
+            "pool[0].api_key_env",
+            "pool[0].health.path",
+            "pool[0].health.rise",
+            "pool[0].servers[0].addr",
+            "pool[0].servers[0].weight",
+            "pool[0].servers[1].addr",
+            "route[0].path_prefix",
+            "route[0].pool",
+        ]
+    );
+    assert_eq!(
+        p[4].message,
+        "TLS to upstreams is not supported by this build yet"
+    );
+    assert!(p[5].message.contains("BALLAST_TEST_SURELY_UNSET_VARIABLE"));
+    assert_eq!((p[0].line, p[0].column), (3, 11));
+}
+
+#[test]
+fn display_is_one_line_per_problem() {
+    let err = parse("b.toml", "[[pool]]\nname = \"p\"\n").unwrap_err();
+    let shown = err.to_string();
+    assert_eq!(
+        shown,
+        "b.toml:1:1: pool[0].servers: pool 'p' has no servers; add at least one [[pool.servers]]\n\
+         b.toml:1:1: route: no [[route]] is defined; at least one is required"
+    );
+}
+
+#[test]
+fn listener_tls_is_refused_clearly() {
+    let text = format!("[server]\ntls = {{ cert = \"c.pem\", key = \"k.pem\" }}\n{MINIMAL}");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!((p[0].key.as_str(), p[0].line), ("server.tls", 2));
+    assert!(p[0].message.contains("not supported by this build"));
+}

@@ -1,0 +1,351 @@
+//! Raw TOML shape → validated [`Config`], collecting every problem in the file
+//! rather than stopping at the first.
+//!
+//! Each check reports at the span of the value it is about; a value the user
+//! left out gets its default, which is always valid, so only cross-key checks
+//! (`backoff_base ≤ backoff_max`) and missing required keys ever need a span
+//! other than the value's own.
+
+mod pool;
+mod route;
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::locate::LineIndex;
+use super::model::{AdminSection, Config, Limits, LogFormat, LogSection, ServerSection};
+use super::raw::{Opt, RawAdmin, RawConfig, RawLimits, RawLog, RawServer, StrOrInt};
+use super::ConfigProblem;
+
+const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+const MIB: u64 = 1024 * 1024;
+const KIB: u64 = 1024;
+
+pub(crate) fn validate(text: &str, raw: &RawConfig) -> Result<Config, Vec<ConfigProblem>> {
+    let mut c = Checker {
+        lines: LineIndex::new(text),
+        problems: Vec::new(),
+    };
+    let config = c.config(raw);
+    if c.problems.is_empty() {
+        Ok(config)
+    } else {
+        // file order; problems on the same spot keep the order they were found in
+        c.problems.sort_by_key(|p| (p.line, p.column));
+        Err(c.problems)
+    }
+}
+
+/// Collects problems while building the model.
+pub(super) struct Checker<'a> {
+    lines: LineIndex<'a>,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Checker<'_> {
+    fn config(&mut self, raw: &RawConfig) -> Config {
+        let server = self.server(&raw.server);
+        let admin = self.admin(&raw.admin, &server);
+        let limits = self.limits(&raw.limits);
+        let log = self.log(&raw.log);
+        if raw.pool.is_empty() {
+            self.report(
+                None,
+                "pool",
+                "no [[pool]] is defined; at least one is required",
+            );
+        }
+        let pools = self.pools(&raw.pool);
+        if raw.route.is_empty() {
+            self.report(
+                None,
+                "route",
+                "no [[route]] is defined; at least one is required",
+            );
+        }
+        let routes = self.routes(&raw.route, &raw.pool);
+        Config {
+            server,
+            admin,
+            limits,
+            log,
+            pools,
+            routes,
+        }
+    }
+
+    fn server(&mut self, raw: &RawServer) -> ServerSection {
+        let mut listen = Vec::new();
+        match &raw.listen {
+            None => listen.push(DEFAULT_LISTEN.to_owned()),
+            Some(list) if list.get_ref().is_empty() => self.report(
+                Some(list.span()),
+                "server.listen",
+                "must list at least one address, e.g. [\"0.0.0.0:8080\"]",
+            ),
+            Some(list) => {
+                for (i, addr) in list.get_ref().iter().enumerate() {
+                    let key = format!("server.listen[{i}]");
+                    self.socket_addr(addr, &key);
+                    listen.push(addr.get_ref().trim().to_owned());
+                }
+            }
+        }
+        let threads = match &raw.threads {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(_) => self.int(&raw.threads, "server.threads", 1, 1, 4096) as usize,
+        };
+        let grace_period = self.duration(&raw.grace_period, "server.grace_period", secs(5), false);
+        if let Some(tls) = &raw.tls {
+            let span = tls.cert.as_ref().or(tls.key.as_ref()).map(Spanned::span);
+            self.report(
+                span,
+                "server.tls",
+                "TLS on client listeners is not supported by this build yet",
+            );
+        }
+        ServerSection {
+            listen,
+            threads,
+            grace_period,
+        }
+    }
+
+    fn admin(&mut self, raw: &RawAdmin, server: &ServerSection) -> AdminSection {
+        let listen = match &raw.listen {
+            None => DEFAULT_ADMIN_LISTEN.to_owned(),
+            Some(addr) => {
+                if let Some(parsed) = self.socket_addr(addr, "admin.listen") {
+                    let clash = server
+                        .listen
+                        .iter()
+                        .any(|l| l.parse::<SocketAddr>().ok() == Some(parsed));
+                    if clash {
+                        self.report(
+                            Some(addr.span()),
+                            "admin.listen",
+                            format!("{parsed} is also in server.listen; use a separate port"),
+                        );
+                    }
+                }
+                addr.get_ref().trim().to_owned()
+            }
+        };
+        AdminSection { listen }
+    }
+
+    fn limits(&mut self, raw: &RawLimits) -> Limits {
+        Limits {
+            max_request_body: self.size(&raw.max_request_body, "limits.max_request_body", 16 * MIB),
+            max_header_bytes: self.size(&raw.max_header_bytes, "limits.max_header_bytes", 32 * KIB),
+            header_timeout: self.duration(
+                &raw.header_timeout,
+                "limits.header_timeout",
+                secs(10),
+                true,
+            ),
+            max_decompression_ratio: self.int64(
+                &raw.max_decompression_ratio,
+                "limits.max_decompression_ratio",
+                200,
+                1,
+            ),
+        }
+    }
+
+    fn log(&mut self, raw: &RawLog) -> LogSection {
+        let format = match &raw.format {
+            None => LogFormat::Text,
+            Some(f) => match f.get_ref().trim() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    self.report(
+                        Some(f.span()),
+                        "log.format",
+                        format!("unknown log format '{other}'; expected \"text\" or \"json\""),
+                    );
+                    LogFormat::Text
+                }
+            },
+        };
+        let level = match &raw.level {
+            None => "info".to_owned(),
+            Some(l) => {
+                let level = l.get_ref().trim();
+                if level.is_empty() {
+                    self.report(
+                        Some(l.span()),
+                        "log.level",
+                        "must not be empty, e.g. \"info\"",
+                    );
+                } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+                    self.report(
+                        Some(l.span()),
+                        "log.level",
+                        format!("invalid log filter '{level}': {e}"),
+                    );
+                }
+                level.to_owned()
+            }
+        };
+        LogSection { format, level }
+    }
+
+    // ---- helpers shared by the section checks ----
+
+    pub(super) fn report(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let problem = self.lines.problem(span, key, message);
+        self.problems.push(problem);
+    }
+
+    /// A `SocketAddr` (`ip:port`) such as a listener address.
+    fn socket_addr(&mut self, addr: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        let text = addr.get_ref().trim();
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.report(
+                    Some(addr.span()),
+                    key,
+                    format!(
+                        "'{text}' is not a valid address; write ip:port, e.g. \"127.0.0.1:8080\""
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A duration with units (`"250ms"`, `"30s"`, `"10m"`); `positive`
+    /// rejects zero.
+    pub(super) fn duration(
+        &mut self,
+        value: &Opt<String>,
+        key: &str,
+        default: Duration,
+        positive: bool,
+    ) -> Duration {
+        let Some(value) = value else { return default };
+        let text = value.get_ref().trim();
+        match humantime::parse_duration(text) {
+            Ok(d) if positive && d.is_zero() => {
+                self.report(Some(value.span()), key, "must be greater than 0");
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.report(
+                    Some(value.span()),
+                    key,
+                    format!(
+                        "invalid duration '{text}': {e}; write a number with a unit, \
+                         e.g. \"250ms\", \"30s\", \"10m\""
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    /// A byte size: a string with units (`"16MiB"`, `"32KiB"`) or a bare
+    /// integer (bytes); must be greater than 0.
+    fn size(&mut self, value: &Opt<StrOrInt>, key: &str, default: u64) -> u64 {
+        let Some(value) = value else { return default };
+        let parsed = match value.get_ref() {
+            StrOrInt::Int(n) => u64::try_from(*n).map_err(|_| format!("invalid size {n}")),
+            StrOrInt::Str(s) => s
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|e| {
+                    format!(
+                        "invalid size '{}': {e}; write a number with a unit, \
+                         e.g. \"16MiB\", \"32KiB\", or a number of bytes",
+                        s.trim()
+                    )
+                }),
+        };
+        match parsed {
+            Ok(0) => {
+                self.report(Some(value.span()), key, "must be greater than 0");
+                default
+            }
+            Ok(n) => n,
+            Err(message) => {
+                self.report(Some(value.span()), key, message);
+                default
+            }
+        }
+    }
+
+    /// An integer in `min..=max` that fits a `u32`.
+    pub(super) fn int(
+        &mut self,
+        value: &Opt<i64>,
+        key: &str,
+        default: u32,
+        min: u32,
+        max: u32,
+    ) -> u32 {
+        let Some(value) = value else { return default };
+        let n = *value.get_ref();
+        match u32::try_from(n) {
+            Ok(n) if n >= min && n <= max => n,
+            _ => {
+                let message = if max == u32::MAX {
+                    format!("must be at least {min} (got {n})")
+                } else {
+                    format!("must be between {min} and {max} (got {n})")
+                };
+                self.report(Some(value.span()), key, message);
+                default
+            }
+        }
+    }
+
+    /// An integer ≥ `min` (which must be ≥ 0).
+    fn int64(&mut self, value: &Opt<i64>, key: &str, default: u64, min: u64) -> u64 {
+        let Some(value) = value else { return default };
+        let n = *value.get_ref();
+        match u64::try_from(n) {
+            Ok(n) if n >= min => n,
+            _ => {
+                self.report(
+                    Some(value.span()),
+                    key,
+                    format!("must be at least {min} (got {n})"),
+                );
+                default
+            }
+        }
+    }
+
+    /// An optional string that, when given, must not be empty.
+    pub(super) fn non_empty(&mut self, value: &Opt<String>, key: &str) -> Option<String> {
+        let value = value.as_ref()?;
+        let text = value.get_ref().trim();
+        if text.is_empty() {
+            self.report(Some(value.span()), key, "must not be empty");
+        }
+        Some(text.to_owned())
+    }
+}
+
+pub(super) fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// The span of an optional value.
+pub(super) fn span_of<T>(value: &Opt<T>) -> Option<Range<usize>> {
+    value.as_ref().map(Spanned::span)
+}

@@ -1,0 +1,268 @@
+//! `[[pool]]` checks: names, servers (resolved now), health, queue.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use toml::Spanned;
+
+use super::{secs, span_of, Checker};
+use crate::config::model::{HealthConfig, PoolConfig, QueueConfig, ServerConfig};
+use crate::config::raw::{RawHealth, RawPool, RawQueue, RawUpstream};
+
+impl Checker<'_> {
+    pub(super) fn pools(&mut self, raw: &[Spanned<RawPool>]) -> Vec<PoolConfig> {
+        // name → line of its first definition
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut pools = Vec::new();
+        for (i, pool) in raw.iter().enumerate() {
+            let name = self.pool_name(i, pool, &mut seen);
+            pools.push(self.pool(i, &name, pool));
+        }
+        pools
+    }
+
+    fn pool_name(
+        &mut self,
+        i: usize,
+        pool: &Spanned<RawPool>,
+        seen: &mut HashMap<String, usize>,
+    ) -> String {
+        let key = format!("pool[{i}].name");
+        let Some(name) = &pool.get_ref().name else {
+            self.report(
+                Some(pool.span()),
+                key,
+                "missing key `name`; every pool needs a unique name",
+            );
+            return String::new();
+        };
+        let text = name.get_ref().trim().to_owned();
+        if text.is_empty() {
+            self.report(Some(name.span()), key, "pool name must not be empty");
+        } else if let Some(line) = seen.get(&text) {
+            let message = format!("duplicate pool name '{text}' (first defined on line {line})");
+            self.report(Some(name.span()), key, message);
+        } else {
+            let (line, _) = self.lines.line_col(name.span().start);
+            seen.insert(text.clone(), line);
+        }
+        text
+    }
+
+    fn pool(&mut self, i: usize, name: &str, spanned: &Spanned<RawPool>) -> PoolConfig {
+        let raw = spanned.get_ref();
+        let key = |field: &str| format!("pool[{i}].{field}");
+        let max_fails = self.int(&raw.max_fails, &key("max_fails"), 3, 0, u32::MAX);
+        let fail_timeout = self.duration(&raw.fail_timeout, &key("fail_timeout"), secs(30), true);
+        let max_conns = self.int(&raw.max_conns, &key("max_conns"), 0, 0, u32::MAX);
+        let host = self.non_empty(&raw.host, &key("host"));
+        let sni = self.non_empty(&raw.sni, &key("sni"));
+        let tls = raw.tls.as_ref().is_some_and(|t| *t.get_ref());
+        if tls {
+            self.report(
+                span_of(&raw.tls),
+                key("tls"),
+                "TLS to upstreams is not supported by this build yet",
+            );
+        }
+        let api_key_env = self.api_key_env(&raw.api_key_env, &key("api_key_env"));
+        let health = raw.health.as_ref().map(|h| self.health(i, h));
+        let queue = self.queue(i, raw.queue.as_ref());
+
+        let mut servers = Vec::new();
+        match &raw.servers {
+            None => self.report(
+                Some(spanned.span()),
+                key("servers"),
+                format!("pool '{name}' has no servers; add at least one [[pool.servers]]"),
+            ),
+            Some(list) if list.get_ref().is_empty() => self.report(
+                Some(list.span()),
+                key("servers"),
+                format!("pool '{name}' has no servers"),
+            ),
+            Some(list) => {
+                // addr → index of its first occurrence
+                let mut seen: HashMap<String, usize> = HashMap::new();
+                for (j, server) in list.get_ref().iter().enumerate() {
+                    let Some(s) = self.upstream(i, j, server, max_conns) else {
+                        continue;
+                    };
+                    if let Some(first) = seen.get(&s.addr) {
+                        self.report(
+                            span_of(&server.get_ref().addr),
+                            format!("pool[{i}].servers[{j}].addr"),
+                            format!(
+                                "'{}' is already listed as pool[{i}].servers[{first}]; \
+                                 raise its weight instead",
+                                s.addr
+                            ),
+                        );
+                    } else {
+                        seen.insert(s.addr.clone(), j);
+                    }
+                    servers.push(s);
+                }
+            }
+        }
+
+        PoolConfig {
+            name: name.to_owned(),
+            max_fails,
+            fail_timeout,
+            max_conns,
+            host,
+            tls,
+            sni,
+            api_key_env,
+            health,
+            queue,
+            servers,
+        }
+    }
+
+    fn api_key_env(&mut self, value: &Option<Spanned<String>>, key: &str) -> Option<String> {
+        let value = value.as_ref()?;
+        let var = value.get_ref().trim();
+        let problem = if var.is_empty() {
+            Some("must name an environment variable".to_owned())
+        } else {
+            match std::env::var_os(var) {
+                None => Some(format!("environment variable `{var}` is not set")),
+                Some(v) if v.is_empty() => Some(format!("environment variable `{var}` is empty")),
+                Some(_) => None,
+            }
+        };
+        if let Some(message) = problem {
+            self.report(Some(value.span()), key, message);
+        }
+        Some(var.to_owned())
+    }
+
+    fn health(&mut self, i: usize, raw: &RawHealth) -> HealthConfig {
+        let key = |field: &str| format!("pool[{i}].health.{field}");
+        let path = match &raw.path {
+            None => "/health".to_owned(),
+            Some(p) => {
+                let path = p.get_ref().trim();
+                if !path.starts_with('/') {
+                    self.report(
+                        Some(p.span()),
+                        key("path"),
+                        format!("health path '{path}' must start with '/'"),
+                    );
+                }
+                path.to_owned()
+            }
+        };
+        HealthConfig {
+            path,
+            interval: self.duration(&raw.interval, &key("interval"), secs(5), true),
+            timeout: self.duration(&raw.timeout, &key("timeout"), secs(1), true),
+            rise: self.int(&raw.rise, &key("rise"), 2, 1, u32::MAX),
+            fall: self.int(&raw.fall, &key("fall"), 3, 1, u32::MAX),
+        }
+    }
+
+    fn queue(&mut self, i: usize, raw: Option<&RawQueue>) -> QueueConfig {
+        let Some(raw) = raw else {
+            return QueueConfig {
+                max_depth: 100,
+                max_wait: secs(10),
+            };
+        };
+        let key = |field: &str| format!("pool[{i}].queue.{field}");
+        QueueConfig {
+            max_depth: self.int(&raw.max_depth, &key("max_depth"), 100, 0, u32::MAX),
+            max_wait: self.duration(&raw.max_wait, &key("max_wait"), secs(10), true),
+        }
+    }
+
+    /// One `[[pool.servers]]` entry; `None` when its address is unusable.
+    fn upstream(
+        &mut self,
+        i: usize,
+        j: usize,
+        spanned: &Spanned<RawUpstream>,
+        pool_max_conns: u32,
+    ) -> Option<ServerConfig> {
+        let raw = spanned.get_ref();
+        let key = |field: &str| format!("pool[{i}].servers[{j}].{field}");
+        let weight = self.int(&raw.weight, &key("weight"), 1, 1, u32::MAX);
+        let max_conns = self.int(
+            &raw.max_conns,
+            &key("max_conns"),
+            pool_max_conns,
+            0,
+            u32::MAX,
+        );
+        let Some(addr) = &raw.addr else {
+            self.report(
+                Some(spanned.span()),
+                key("addr"),
+                "missing key `addr` (host:port of the backend)",
+            );
+            return None;
+        };
+        let text = addr.get_ref().trim().to_owned();
+        match resolve(&text) {
+            Ok(resolved) => Some(ServerConfig {
+                addr: text,
+                resolved,
+                weight,
+                max_conns,
+            }),
+            Err(message) => {
+                self.report(Some(addr.span()), key("addr"), message);
+                None
+            }
+        }
+    }
+}
+
+/// `host:port` → the first address it resolves to, IPv4 preferred.
+pub(crate) fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return if a.port() == 0 {
+            Err(format!("'{addr}' has port 0; give the backend's real port"))
+        } else {
+            Ok(a)
+        };
+    }
+    if addr.contains("://") {
+        return Err(format!(
+            "'{addr}' is a URL; write host:port without a scheme or path"
+        ));
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!(
+            "'{addr}' has no port; write host:port, e.g. \"10.0.1.10:8080\""
+        ));
+    };
+    if host.is_empty() {
+        return Err(format!("'{addr}' has no host; write host:port"));
+    }
+    if host.contains(':') {
+        return Err(format!(
+            "'{addr}' is not host:port; write an IPv6 address in brackets, e.g. \"[::1]:8080\""
+        ));
+    }
+    let port = match port.parse::<u16>() {
+        Ok(0) | Err(_) => {
+            return Err(format!(
+                "'{port}' in '{addr}' is not a valid port (1-65535)"
+            ));
+        }
+        Ok(p) => p,
+    };
+    let resolved: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve '{host}': {e}"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| resolved.first())
+        .copied()
+        .ok_or_else(|| format!("'{host}' resolved to no addresses"))
+}

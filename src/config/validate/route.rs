@@ -1,0 +1,338 @@
+//! `[[route]]` checks: names, prefixes, pool references, retry, timeouts.
+
+use std::collections::HashMap;
+
+use toml::Spanned;
+
+use super::{secs, span_of, Checker};
+use crate::config::model::{Fallback, RetryConfig, RetryOn, RouteConfig, Timeouts};
+use crate::config::raw::{Opt, RawPool, RawRetry, RawRoute, RawTimeouts, StrOrInt};
+
+const RETRY_ON_HELP: &str = "connect_error, timeout, reset, 429, 500, 502, 503, 504";
+
+const DEFAULT_RETRY_ON: [RetryOn; 5] = [
+    RetryOn::ConnectError,
+    RetryOn::Status(429),
+    RetryOn::Status(502),
+    RetryOn::Status(503),
+    RetryOn::Status(504),
+];
+
+/// Pool names in file order, for resolving `route.pool` and `fallback.pool`.
+struct PoolNames(Vec<String>);
+
+impl PoolNames {
+    fn index(&self, name: &str) -> Option<usize> {
+        self.0.iter().position(|n| n == name)
+    }
+
+    fn known(&self) -> String {
+        let names: Vec<String> = self
+            .0
+            .iter()
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("'{n}'"))
+            .collect();
+        if names.is_empty() {
+            "no pools are defined".to_owned()
+        } else {
+            format!("known pools: {}", names.join(", "))
+        }
+    }
+}
+
+impl Checker<'_> {
+    pub(super) fn routes(
+        &mut self,
+        raw: &[Spanned<RawRoute>],
+        pools: &[Spanned<RawPool>],
+    ) -> Vec<RouteConfig> {
+        let names = PoolNames(
+            pools
+                .iter()
+                .map(|p| {
+                    p.get_ref()
+                        .name
+                        .as_ref()
+                        .map(|n| n.get_ref().trim().to_owned())
+                        .unwrap_or_default()
+                })
+                .collect(),
+        );
+        let mut seen_names: HashMap<String, usize> = HashMap::new();
+        // path_prefix of routes without a model list → name of the first such route
+        let mut catch_all: HashMap<String, String> = HashMap::new();
+        let mut routes = Vec::new();
+        for (i, spanned) in raw.iter().enumerate() {
+            let route = self.route(i, spanned, &names);
+            let raw = spanned.get_ref();
+            if !route.name.is_empty() {
+                if let Some(line) = seen_names.get(&route.name) {
+                    self.report(
+                        span_of(&raw.name),
+                        format!("route[{i}].name"),
+                        format!(
+                            "duplicate route name '{}' (first defined on line {line})",
+                            route.name
+                        ),
+                    );
+                } else if let Some(name) = &raw.name {
+                    let (line, _) = self.lines.line_col(name.span().start);
+                    seen_names.insert(route.name.clone(), line);
+                }
+            }
+            if route.models.is_empty() {
+                if let Some(first) = catch_all.get(&route.path_prefix) {
+                    self.report(
+                        span_of(&raw.path_prefix).or(Some(spanned.span())),
+                        format!("route[{i}].path_prefix"),
+                        format!(
+                            "route '{}' has the same path_prefix '{}' as route '{first}' \
+                             and neither lists models, so it could never match",
+                            route.name, route.path_prefix
+                        ),
+                    );
+                } else {
+                    catch_all.insert(route.path_prefix.clone(), route.name.clone());
+                }
+            }
+            routes.push(route);
+        }
+        routes
+    }
+
+    fn route(&mut self, i: usize, spanned: &Spanned<RawRoute>, pools: &PoolNames) -> RouteConfig {
+        let raw = spanned.get_ref();
+        let key = |field: &str| format!("route[{i}].{field}");
+        let name = match &raw.name {
+            None => {
+                self.report(
+                    Some(spanned.span()),
+                    key("name"),
+                    "missing key `name`; every route needs a unique name",
+                );
+                String::new()
+            }
+            Some(n) => {
+                let name = n.get_ref().trim().to_owned();
+                if name.is_empty() {
+                    self.report(Some(n.span()), key("name"), "route name must not be empty");
+                }
+                name
+            }
+        };
+        let path_prefix = match &raw.path_prefix {
+            None => "/".to_owned(),
+            Some(p) => {
+                let prefix = p.get_ref().trim();
+                if !prefix.starts_with('/') {
+                    self.report(
+                        Some(p.span()),
+                        key("path_prefix"),
+                        format!("path_prefix '{prefix}' must start with '/'"),
+                    );
+                }
+                prefix.to_owned()
+            }
+        };
+        let mut models = Vec::new();
+        for (j, model) in raw.models.iter().flatten().enumerate() {
+            let text = model.get_ref().trim();
+            if text.is_empty() {
+                self.report(
+                    Some(model.span()),
+                    format!("route[{i}].models[{j}]"),
+                    "must not be empty",
+                );
+            }
+            models.push(text.to_owned());
+        }
+        let pool = match &raw.pool {
+            None => {
+                self.report(
+                    Some(spanned.span()),
+                    key("pool"),
+                    format!(
+                        "missing key `pool` (the pool this route sends to); {}",
+                        pools.known()
+                    ),
+                );
+                0
+            }
+            Some(p) => self.pool_ref(p, &key("pool"), pools),
+        };
+        let mut fallback = Vec::new();
+        for (j, f) in raw.fallback.iter().flatten().enumerate() {
+            let fkey = |field: &str| format!("route[{i}].fallback[{j}].{field}");
+            let pool = match &f.get_ref().pool {
+                None => {
+                    self.report(
+                        Some(f.span()),
+                        fkey("pool"),
+                        format!("missing key `pool`; {}", pools.known()),
+                    );
+                    0
+                }
+                Some(p) => self.pool_ref(p, &fkey("pool"), pools),
+            };
+            let model = self.non_empty(&f.get_ref().model, &fkey("model"));
+            fallback.push(Fallback { pool, model });
+        }
+        // Accepted by the schema (it is the public contract) but refused until
+        // body inspection lands: silently ignoring them would misroute traffic.
+        if let Some(m) = raw.models.as_ref().and_then(|m| m.first()) {
+            self.report(
+                Some(m.span()),
+                key("models"),
+                "model-based routing is not supported by this build yet; leave `models` empty",
+            );
+        }
+        if let Some(f) = raw.fallback.as_ref().and_then(|f| f.first()) {
+            self.report(
+                Some(f.span()),
+                key("fallback"),
+                "fallback pools are not supported by this build yet; leave `fallback` empty",
+            );
+        }
+        if let Some(o) = raw.openai.as_ref().filter(|o| *o.get_ref()) {
+            self.report(
+                Some(o.span()),
+                key("openai"),
+                "OpenAI body inspection is not supported by this build yet; set `openai = false`",
+            );
+        }
+        RouteConfig {
+            name,
+            path_prefix,
+            models,
+            pool,
+            fallback,
+            openai: raw.openai.as_ref().is_some_and(|o| *o.get_ref()),
+            retry: self.retry(i, raw.retry.as_ref()),
+            timeouts: self.timeouts(i, raw.timeouts.as_ref()),
+        }
+    }
+
+    fn pool_ref(&mut self, name: &Spanned<String>, key: &str, pools: &PoolNames) -> usize {
+        let text = name.get_ref().trim();
+        match pools.index(text) {
+            Some(index) if !text.is_empty() => index,
+            _ => {
+                self.report(
+                    Some(name.span()),
+                    key,
+                    format!("unknown pool '{text}'; {}", pools.known()),
+                );
+                0
+            }
+        }
+    }
+
+    fn retry(&mut self, i: usize, raw: Option<&RawRetry>) -> RetryConfig {
+        let default = RawRetry::default();
+        let raw = raw.unwrap_or(&default);
+        let key = |field: &str| format!("route[{i}].retry.{field}");
+        let attempts = self.int(&raw.attempts, &key("attempts"), 3, 1, u32::MAX);
+        let on = match &raw.on {
+            None => DEFAULT_RETRY_ON.to_vec(),
+            Some(list) => {
+                let mut on = Vec::new();
+                for (j, entry) in list.iter().enumerate() {
+                    match retry_on(entry.get_ref()) {
+                        Ok(r) if !on.contains(&r) => on.push(r),
+                        Ok(_) => {}
+                        Err(shown) => self.report(
+                            Some(entry.span()),
+                            format!("route[{i}].retry.on[{j}]"),
+                            format!(
+                                "unknown retry condition {shown}; expected one of {RETRY_ON_HELP}"
+                            ),
+                        ),
+                    }
+                }
+                on
+            }
+        };
+        let backoff_base = self.duration(&raw.backoff_base, &key("backoff_base"), secs(1), false);
+        let backoff_max = self.duration(&raw.backoff_max, &key("backoff_max"), secs(30), false);
+        if backoff_base > backoff_max {
+            let (span, field) = match &raw.backoff_base {
+                Some(b) => (Some(b.span()), "backoff_base"),
+                None => (span_of(&raw.backoff_max), "backoff_max"),
+            };
+            self.report(
+                span,
+                key(field),
+                format!(
+                    "backoff_base ({}) must not exceed backoff_max ({})",
+                    humantime::format_duration(backoff_base),
+                    humantime::format_duration(backoff_max)
+                ),
+            );
+        }
+        let jitter = self.fraction(&raw.jitter, &key("jitter"), 0.1, Some(1.0));
+        let budget = self.fraction(&raw.budget, &key("budget"), 0.2, None);
+        RetryConfig {
+            attempts,
+            on,
+            backoff_base,
+            backoff_max,
+            jitter,
+            budget,
+        }
+    }
+
+    /// A finite number ≥ 0 and, with `max`, ≤ `max`.
+    fn fraction(&mut self, value: &Opt<f64>, key: &str, default: f64, max: Option<f64>) -> f64 {
+        let Some(value) = value else { return default };
+        let n = *value.get_ref();
+        let ok = n.is_finite() && n >= 0.0 && max.is_none_or(|m| n <= m);
+        if ok {
+            return n;
+        }
+        let message = match max {
+            Some(m) => format!("must be between 0 and {m} (got {n})"),
+            None => format!("must be a finite number ≥ 0 (got {n})"),
+        };
+        self.report(Some(value.span()), key, message);
+        default
+    }
+
+    fn timeouts(&mut self, i: usize, raw: Option<&RawTimeouts>) -> Timeouts {
+        let default = RawTimeouts::default();
+        let raw = raw.unwrap_or(&default);
+        let key = |field: &str| format!("route[{i}].timeouts.{field}");
+        Timeouts {
+            connect: self.duration(&raw.connect, &key("connect"), secs(2), true),
+            first_byte: self.duration(&raw.first_byte, &key("first_byte"), secs(30), true),
+            stream_idle: self.duration(&raw.stream_idle, &key("stream_idle"), secs(60), true),
+            total: self.duration(&raw.total, &key("total"), secs(600), true),
+            websocket_idle: self.duration(
+                &raw.websocket_idle,
+                &key("websocket_idle"),
+                secs(24 * 3600),
+                true,
+            ),
+        }
+    }
+}
+
+/// A `retry.on` entry; the error is the entry as the user wrote it.
+fn retry_on(entry: &StrOrInt) -> Result<RetryOn, String> {
+    let status = |n: i64| match n {
+        429 | 500 | 502 | 503 | 504 => Ok(RetryOn::Status(n as u16)),
+        _ => Err(n.to_string()),
+    };
+    match entry {
+        StrOrInt::Int(n) => status(*n),
+        StrOrInt::Str(s) => match s.trim() {
+            "connect_error" => Ok(RetryOn::ConnectError),
+            "timeout" => Ok(RetryOn::Timeout),
+            "reset" => Ok(RetryOn::Reset),
+            other => match other.parse::<i64>() {
+                Ok(n) => status(n).map_err(|_| format!("'{other}'")),
+                Err(_) => Err(format!("'{other}'")),
+            },
+        },
+    }
+}

@@ -1,0 +1,152 @@
+//! Errors the gateway itself answers with: an HTTP status plus a JSON body in
+//! the OpenAI error shape, so clients built for model APIs can read them.
+
+use std::time::Duration;
+
+/// A response the gateway produces on its own (never an upstream's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayError {
+    pub status: u16,
+    /// Stable machine-readable code, e.g. `upstream_busy`.
+    pub code: &'static str,
+    /// Human-readable; never contains credentials or internal addresses.
+    pub message: String,
+    /// Sent as `Retry-After` (whole seconds, rounded up) when set.
+    pub retry_after: Option<Duration>,
+}
+
+impl GatewayError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        GatewayError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    pub fn no_route(path: &str) -> Self {
+        // The path is the client's own input; echo only a bounded prefix.
+        let shown: String = path.chars().take(200).collect();
+        Self::new(
+            404,
+            "route_not_found",
+            format!("no route matches '{shown}'"),
+        )
+    }
+
+    pub fn no_capacity(pool: &str, retry_after: Duration) -> Self {
+        Self::new(
+            503,
+            "upstream_unavailable",
+            format!("no server of pool '{pool}' is available"),
+        )
+        .with_retry_after(retry_after)
+    }
+
+    pub fn upstream_failed(pool: &str) -> Self {
+        Self::new(
+            502,
+            "upstream_failed",
+            format!("the upstream of pool '{pool}' failed before answering"),
+        )
+    }
+
+    pub fn upstream_timeout(pool: &str) -> Self {
+        Self::new(
+            504,
+            "upstream_timeout",
+            format!("the upstream of pool '{pool}' did not answer in time"),
+        )
+    }
+
+    pub fn deadline(route: &str) -> Self {
+        Self::new(
+            504,
+            "deadline_exceeded",
+            format!("the request ran past route '{route}' total timeout"),
+        )
+    }
+
+    pub fn body_too_large(limit: u64) -> Self {
+        Self::new(
+            413,
+            "body_too_large",
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    }
+
+    pub fn headers_too_large(limit: u64) -> Self {
+        Self::new(
+            431,
+            "headers_too_large",
+            format!("request headers exceed the limit of {limit} bytes"),
+        )
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "bad_request", message)
+    }
+
+    /// `Retry-After` in whole seconds, at least 1: a 0 would invite an
+    /// immediate retry storm.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after.map(retry_after_secs)
+    }
+
+    pub fn body(&self) -> String {
+        serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": "gateway_error",
+                "code": self.code,
+            }
+        })
+        .to_string()
+    }
+}
+
+/// Seconds for a `Retry-After` header: rounded up, never below 1.
+pub fn retry_after_secs(after: Duration) -> u64 {
+    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_openai_error_shape() {
+        let e = GatewayError::no_capacity("deepseek", Duration::from_millis(1500));
+        let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+        assert_eq!(v["error"]["type"], "gateway_error");
+        assert_eq!(v["error"]["code"], "upstream_unavailable");
+        assert_eq!(
+            v["error"]["message"],
+            "no server of pool 'deepseek' is available"
+        );
+        assert_eq!(e.status, 503);
+        assert_eq!(e.retry_after_secs(), Some(2));
+    }
+
+    #[test]
+    fn retry_after_rounds_up_and_is_at_least_one() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(10)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(3)), 3);
+        assert_eq!(retry_after_secs(Duration::from_millis(3001)), 4);
+    }
+
+    #[test]
+    fn no_route_message_is_bounded() {
+        let long = "/x".repeat(1000);
+        let e = GatewayError::no_route(&long);
+        assert!(e.message.len() < 260);
+    }
+}

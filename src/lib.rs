@@ -1,0 +1,18 @@
+//! Ballast: a Pingora gateway for OpenAI-compatible model backends.
+//!
+//! The decisions (which server, eject or not, how to answer an error) live in
+//! small pure modules; `proxy` gathers facts from the wire, calls them and
+//! acts.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod metrics;
+pub mod outcome;
+pub mod pool;
+pub mod proxy;
+pub mod retry;
+pub mod route;
+pub mod runtime;
+pub mod sim;

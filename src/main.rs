@@ -1,0 +1,78 @@
+//! `ballast`: run the gateway (default), check a config, run the demo, or
+//! run simulated model backends.
+
+use anyhow::Context;
+use ballast::config;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ballast",
+    version,
+    about = "A gateway that makes \"server busy\" disappear"
+)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, short, global = true, default_value = "config/ballast.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate a config: exit 0, or print every problem and exit 1.
+    Check,
+    /// Start simulated backends on every server address of the config, then the gateway.
+    Demo,
+    /// Run simulated OpenAI-compatible model backends.
+    Sim(ballast::sim::SimArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => match config::load(&cli.config) {
+            Ok(_) => {
+                println!("{}: ok", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run => exit(run(&cli.config, false)),
+        Command::Demo => exit(run(&cli.config, true)),
+        Command::Sim(args) => exit(run_sim(args)),
+    }
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ballast: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
+    let cfg = config::load(path).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
+    ballast::runtime::init_logging(cfg.log.format, &cfg.log.level);
+    if demo {
+        ballast::demo::start_backends(&cfg).context("starting the demo backends")?;
+    }
+    ballast::runtime::run(cfg)
+}
+
+fn run_sim(args: ballast::sim::SimArgs) -> anyhow::Result<()> {
+    ballast::runtime::init_logging(config::LogFormat::Text, "info");
+    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    rt.block_on(ballast::sim::run(args))
+}

@@ -1,0 +1,168 @@
+//! Every metric Ballast exports, defined in one place (names and labels are
+//! a public interface: DESIGN.md "Metrics"). Registered in the `prometheus`
+//! crate's default registry, the same one Pingora uses.
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
+    IntCounterVec, IntGaugeVec,
+};
+use std::sync::LazyLock;
+
+/// Buckets for whole requests and time to first byte: model calls range from
+/// milliseconds (cached, short) to minutes (long generations).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+// Registration only fails on a duplicate or malformed name: a programming
+// error caught by every test run, so a panic at start-up is the right answer.
+static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_requests_total",
+        "Client requests answered, by route and status",
+        &["route", "status"]
+    )
+    .expect("metric ballast_requests_total registers")
+});
+
+static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "ballast_request_duration_seconds",
+        "Time from request head to the end of the response, by route",
+        &["route"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric ballast_request_duration_seconds registers")
+});
+
+static FIRST_BYTE: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "ballast_upstream_first_byte_seconds",
+        "Time from sending an attempt to its first response body byte, by pool",
+        &["pool"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric ballast_upstream_first_byte_seconds registers")
+});
+
+static ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_upstream_attempts_total",
+        "Upstream attempts by pool, server and outcome (status code, connect_error, timeout, reset)",
+        &["pool", "server", "outcome"]
+    )
+    .expect("metric ballast_upstream_attempts_total registers")
+});
+
+static OUTSTANDING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "ballast_upstream_outstanding",
+        "Requests in flight to each server from this gateway",
+        &["pool", "server"]
+    )
+    .expect("metric ballast_upstream_outstanding registers")
+});
+
+static UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "ballast_upstream_up",
+        "1 if the server can take requests, 0 if down (health) or ejected (max_fails)",
+        &["pool", "server"]
+    )
+    .expect("metric ballast_upstream_up registers")
+});
+
+static EJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_upstream_ejections_total",
+        "Times a server was passively ejected after max_fails failures",
+        &["pool", "server"]
+    )
+    .expect("metric ballast_upstream_ejections_total registers")
+});
+
+/// Touch every metric so they all appear in the first scrape.
+pub fn init() {
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&REQUEST_DURATION);
+    LazyLock::force(&FIRST_BYTE);
+    LazyLock::force(&ATTEMPTS);
+    LazyLock::force(&OUTSTANDING);
+    LazyLock::force(&UP);
+    LazyLock::force(&EJECTIONS);
+}
+
+pub fn request_done(route: &str, status: u16, seconds: f64) {
+    REQUESTS
+        .with_label_values(&[route, status_label(status)])
+        .inc();
+    REQUEST_DURATION
+        .with_label_values(&[route])
+        .observe(seconds);
+}
+
+pub fn first_byte(pool: &str, seconds: f64) {
+    FIRST_BYTE.with_label_values(&[pool]).observe(seconds);
+}
+
+pub fn attempt(pool: &str, server: &str, outcome: &str) {
+    ATTEMPTS.with_label_values(&[pool, server, outcome]).inc();
+}
+
+pub fn upstream_ejected(pool: &str, server: &str) {
+    EJECTIONS.with_label_values(&[pool, server]).inc();
+}
+
+/// Make sure a server's series exist from start-up, at zero.
+pub fn register_server(pool: &str, server: &str) {
+    EJECTIONS.with_label_values(&[pool, server]);
+    set_server_state(pool, server, 0, true);
+}
+
+pub fn set_server_state(pool: &str, server: &str, outstanding: u32, up: bool) {
+    OUTSTANDING
+        .with_label_values(&[pool, server])
+        .set(i64::from(outstanding));
+    UP.with_label_values(&[pool, server]).set(i64::from(up));
+}
+
+/// Text exposition of every registered metric.
+pub fn render() -> String {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(e) = encoder.encode(&prometheus::gather(), &mut buf) {
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Static strings for common statuses avoid an allocation per request.
+fn status_label(status: u16) -> &'static str {
+    const KNOWN: &[(u16, &str)] = &[
+        (200, "200"),
+        (201, "201"),
+        (204, "204"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (413, "413"),
+        (429, "429"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(s, _)| *s == status)
+        .map(|(_, l)| *l)
+        .unwrap_or_else(|| match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        })
+}

@@ -1,0 +1,244 @@
+//! Passive ejection with nginx `max_fails`/`fail_timeout` semantics.
+//!
+//! `max_fails` failures inside one `fail_timeout` window eject the server for
+//! `fail_timeout`. When that time is up exactly one request is let through as
+//! a probe: its success returns the server, its failure ejects it again.
+
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Normal traffic may go to the server.
+    Open,
+    /// The ejection is over; one probe request may go (none is in flight).
+    Probe,
+    /// Ejected, or ejection over but a probe is already in flight.
+    Closed {
+        /// When the server may next take a request; `None` while waiting on
+        /// an in-flight probe.
+        until: Option<Instant>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Ejection {
+    max_fails: u32,
+    fail_timeout: Duration,
+    fails: u32,
+    window_start: Option<Instant>,
+    ejected_until: Option<Instant>,
+    probe_in_flight: bool,
+}
+
+impl Ejection {
+    pub fn new(max_fails: u32, fail_timeout: Duration) -> Self {
+        Ejection {
+            max_fails,
+            fail_timeout,
+            fails: 0,
+            window_start: None,
+            ejected_until: None,
+            probe_in_flight: false,
+        }
+    }
+
+    pub fn admission(&self, now: Instant) -> Admission {
+        match self.ejected_until {
+            None => Admission::Open,
+            Some(until) if now < until => Admission::Closed { until: Some(until) },
+            Some(_) if self.probe_in_flight => Admission::Closed { until: None },
+            Some(_) => Admission::Probe,
+        }
+    }
+
+    /// Take the single probe slot; false if it is not free.
+    pub fn take_probe(&mut self, now: Instant) -> bool {
+        if self.admission(now) == Admission::Probe {
+            self.probe_in_flight = true;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A probe ended without telling us anything (e.g. the client went away
+    /// first): free the slot so another request can probe.
+    pub fn release_probe(&mut self) {
+        self.probe_in_flight = false;
+    }
+
+    /// Record a failed attempt. Returns true when this failure ejects the server.
+    pub fn record_failure(&mut self, now: Instant) -> bool {
+        if self.max_fails == 0 {
+            return false;
+        }
+        if self.probe_in_flight || self.ejected_until.is_some_and(|u| now >= u) {
+            // The probe (or a straggler after the ejection ended) failed: eject again.
+            self.probe_in_flight = false;
+            self.fails = self.max_fails;
+            self.window_start = Some(now);
+            self.ejected_until = Some(now + self.fail_timeout);
+            return true;
+        }
+        if self.ejected_until.is_some() {
+            // Already ejected; a request that started before the ejection failed late.
+            return false;
+        }
+        match self.window_start {
+            Some(start) if now.saturating_duration_since(start) < self.fail_timeout => {
+                self.fails += 1;
+            }
+            _ => {
+                self.window_start = Some(now);
+                self.fails = 1;
+            }
+        }
+        if self.fails >= self.max_fails {
+            self.ejected_until = Some(now + self.fail_timeout);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Record a successful attempt. A success while ejected (other than the
+    /// probe) does not return the server: only the probe or a health check can.
+    pub fn record_success(&mut self, now: Instant) {
+        let ejection_over = self.ejected_until.is_some_and(|u| now >= u);
+        if self.ejected_until.is_none() || self.probe_in_flight || ejection_over {
+            self.clear();
+        }
+    }
+
+    /// End any ejection and forget past failures (a passing health check).
+    pub fn clear(&mut self) {
+        self.fails = 0;
+        self.window_start = None;
+        self.ejected_until = None;
+        self.probe_in_flight = false;
+    }
+
+    pub fn fails(&self) -> u32 {
+        self.fails
+    }
+
+    pub fn ejected_until(&self) -> Option<Instant> {
+        self.ejected_until
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn ejects_after_max_fails_within_window() {
+        let t0 = Instant::now();
+        let mut e = Ejection::new(3, T);
+        assert!(!e.record_failure(t0));
+        assert!(!e.record_failure(t0 + Duration::from_secs(1)));
+        assert_eq!(e.admission(t0 + Duration::from_secs(2)), Admission::Open);
+        assert!(e.record_failure(t0 + Duration::from_secs(2)));
+        assert_eq!(
+            e.admission(t0 + Duration::from_secs(3)),
+            Admission::Closed {
+                until: Some(t0 + Duration::from_secs(12))
+            }
+        );
+    }
+
+    #[test]
+    fn failures_spread_over_more_than_the_window_do_not_eject() {
+        let t0 = Instant::now();
+        let mut e = Ejection::new(2, T);
+        assert!(!e.record_failure(t0));
+        assert!(!e.record_failure(t0 + Duration::from_secs(11)));
+        assert!(!e.record_failure(t0 + Duration::from_secs(22)));
+        assert_eq!(e.admission(t0 + Duration::from_secs(23)), Admission::Open);
+    }
+
+    #[test]
+    fn after_the_ejection_exactly_one_probe() {
+        let t0 = Instant::now();
+        let mut e = Ejection::new(1, T);
+        assert!(e.record_failure(t0));
+        let later = t0 + T;
+        assert_eq!(e.admission(later), Admission::Probe);
+        assert!(e.take_probe(later));
+        assert!(!e.take_probe(later));
+        assert_eq!(e.admission(later), Admission::Closed { until: None });
+        e.record_success(later + Duration::from_millis(5));
+        assert_eq!(e.admission(later), Admission::Open);
+        assert_eq!(e.fails(), 0);
+    }
+
+    #[test]
+    fn failed_probe_ejects_again() {
+        let t0 = Instant::now();
+        let mut e = Ejection::new(2, T);
+        e.record_failure(t0);
+        e.record_failure(t0);
+        let later = t0 + T;
+        assert!(e.take_probe(later));
+        assert!(e.record_failure(later));
+        assert_eq!(
+            e.admission(later),
+            Admission::Closed {
+                until: Some(later + T)
+            }
+        );
+    }
+
+    #[test]
+    fn released_probe_frees_the_slot() {
+        let t0 = Instant::now();
+        let mut e = Ejection::new(1, T);
+        e.record_failure(t0);
+        assert!(e.take_probe(t0 + T));
+        e.release_probe();
+        assert_eq!(e.admission(t0 + T), Admission::Probe);
+    }
+
+    #[test]
+    fn late_success_of_an_old_request_does_not_unject() {
+        let t0 = Instant::now();
+        let mut e = Ejection::new(1, T);
+        e.record_failure(t0);
+        e.record_success(t0 + Duration::from_secs(1));
+        assert!(matches!(
+            e.admission(t0 + Duration::from_secs(1)),
+            Admission::Closed { .. }
+        ));
+    }
+
+    #[test]
+    fn max_fails_zero_never_ejects() {
+        let t0 = Instant::now();
+        let mut e = Ejection::new(0, T);
+        for i in 0..100 {
+            assert!(!e.record_failure(t0 + Duration::from_millis(i)));
+        }
+        assert_eq!(e.admission(t0), Admission::Open);
+    }
+
+    #[test]
+    fn success_resets_the_count() {
+        let t0 = Instant::now();
+        let mut e = Ejection::new(2, T);
+        e.record_failure(t0);
+        e.record_success(t0);
+        assert!(!e.record_failure(t0));
+        assert_eq!(e.admission(t0), Admission::Open);
+    }
+
+    #[test]
+    fn clear_ends_an_ejection() {
+        let t0 = Instant::now();
+        let mut e = Ejection::new(1, T);
+        e.record_failure(t0);
+        e.clear();
+        assert_eq!(e.admission(t0), Admission::Open);
+    }
+}

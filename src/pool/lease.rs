@@ -1,0 +1,54 @@
+//! A lease on one server: it counts as outstanding from the moment the
+//! server is picked until the lease is dropped, however the request ends
+//! (success, error, client disconnect, cancelled future).
+
+use super::Server;
+use crate::outcome::Outcome;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Lease {
+    server: Arc<Server>,
+    index: usize,
+    probe: bool,
+    recorded: bool,
+}
+
+impl Lease {
+    pub(super) fn new(server: Arc<Server>, index: usize, probe: bool) -> Self {
+        Lease {
+            server,
+            index,
+            probe,
+            recorded: false,
+        }
+    }
+
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+
+    /// Index of the server in its pool (for "already tried" bookkeeping).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Report how the attempt went; only the first report counts.
+    pub fn record(&mut self, outcome: Outcome, now: Instant) {
+        if self.recorded {
+            return;
+        }
+        self.recorded = true;
+        self.server.record(outcome.is_server_failure(), now);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.server.release(self.probe && !self.recorded);
+    }
+}

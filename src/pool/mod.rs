@@ -1,0 +1,332 @@
+//! A pool of backend servers: who is usable, who has the least outstanding
+//! work, and the leases that count that work.
+
+mod eject;
+mod health;
+mod lease;
+pub mod prober;
+mod select;
+
+pub use eject::{Admission, Ejection};
+pub use health::{HealthState, Transition};
+pub use lease::Lease;
+pub use select::{pick, Candidate};
+
+use crate::config::{HealthConfig, PoolConfig, ServerConfig};
+use crate::metrics;
+use pingora_core::upstreams::peer::HttpPeer;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub pool: String,
+    pub addr: String,
+    /// The address `addr` resolved to at start-up.
+    pub socket: SocketAddr,
+    pub weight: u32,
+    pub max_conns: u32,
+    peer: HttpPeer,
+    outstanding: AtomicU32,
+    state: Mutex<ServerState>,
+}
+
+struct ServerState {
+    ejection: Ejection,
+    health: HealthState,
+}
+
+impl ServerState {
+    fn availability(&self, now: Instant) -> Availability {
+        if !self.health.is_up() {
+            return Availability::Down;
+        }
+        match self.ejection.admission(now) {
+            Admission::Open => Availability::Usable,
+            Admission::Probe => Availability::Probe,
+            Admission::Closed { until } => Availability::Ejected { until },
+        }
+    }
+}
+
+impl Server {
+    fn new(pool: &PoolConfig, cfg: &ServerConfig) -> Self {
+        let (rise, fall) = pool.health.as_ref().map_or((1, 1), |h| (h.rise, h.fall));
+        Server {
+            pool: pool.name.clone(),
+            addr: cfg.addr.clone(),
+            socket: cfg.resolved,
+            weight: cfg.weight,
+            max_conns: cfg.max_conns,
+            peer: HttpPeer::new(cfg.resolved, false, String::new()),
+            outstanding: AtomicU32::new(0),
+            state: Mutex::new(ServerState {
+                ejection: Ejection::new(pool.max_fails, pool.fail_timeout),
+                health: HealthState::new(rise, fall),
+            }),
+        }
+    }
+
+    /// Lock the state. A panic elsewhere while holding it leaves plain data
+    /// behind, still coherent enough to keep serving, so poisoning is ignored.
+    fn state(&self) -> MutexGuard<'_, ServerState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn peer(&self) -> &HttpPeer {
+        &self.peer
+    }
+
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    fn under_cap(&self) -> bool {
+        self.max_conns == 0 || self.outstanding() < self.max_conns
+    }
+
+    /// Whether the server may take a request now, ignoring its cap.
+    pub fn availability(&self, now: Instant) -> Availability {
+        self.state().availability(now)
+    }
+
+    /// Count a request as outstanding; for a probe, also take the probe slot.
+    /// Fails if, since selection looked, the slot or the capacity went away.
+    fn try_take(&self, now: Instant, probe: bool) -> bool {
+        if probe {
+            let mut st = self.state();
+            if !st.ejection.take_probe(now) {
+                return false;
+            }
+        }
+        let cap = self.max_conns;
+        let taken = self
+            .outstanding
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (cap == 0 || n < cap).then_some(n + 1)
+            })
+            .is_ok();
+        if !taken && probe {
+            self.state().ejection.release_probe();
+        }
+        taken
+    }
+
+    fn release(&self, probe_unresolved: bool) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        if probe_unresolved {
+            self.state().ejection.release_probe();
+        }
+    }
+
+    /// Feed the result of a request to passive ejection.
+    pub fn record(&self, failure: bool, now: Instant) {
+        let ejected = {
+            let mut st = self.state();
+            if failure {
+                st.ejection.record_failure(now)
+            } else {
+                st.ejection.record_success(now);
+                false
+            }
+        };
+        if ejected {
+            metrics::upstream_ejected(&self.pool, &self.addr);
+            tracing::warn!(pool = %self.pool, server = %self.addr, "server ejected after repeated failures");
+        }
+    }
+
+    /// Feed one active health check result.
+    pub fn record_health(&self, passed: bool) -> Transition {
+        let mut st = self.state();
+        let t = st.health.record(passed);
+        if passed && st.ejection.ejected_until().is_some() {
+            st.ejection.clear();
+            tracing::info!(pool = %self.pool, server = %self.addr, "health check passed: passive ejection ended");
+        }
+        t
+    }
+
+    pub fn snapshot(&self, now: Instant) -> ServerStatus {
+        let st = self.state();
+        let availability = st.availability(now);
+        ServerStatus {
+            addr: self.addr.clone(),
+            weight: self.weight,
+            state: availability.label(),
+            up: availability.is_usable(),
+            health_up: st.health.is_up(),
+            outstanding: self.outstanding(),
+            max_conns: self.max_conns,
+            fails: st.ejection.fails(),
+            ejected_for_ms: st
+                .ejection
+                .ejected_until()
+                .map(|u| u.saturating_duration_since(now).as_millis() as u64),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Usable,
+    /// Ejection over; one probe request may go.
+    Probe,
+    /// Passively ejected (or waiting on a probe).
+    Ejected {
+        until: Option<Instant>,
+    },
+    /// Failing active health checks.
+    Down,
+}
+
+impl Availability {
+    pub fn is_usable(self) -> bool {
+        matches!(self, Availability::Usable | Availability::Probe)
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Availability::Usable => "up",
+            Availability::Probe => "probing",
+            Availability::Ejected { .. } => "ejected",
+            Availability::Down => "down",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerStatus {
+    pub addr: String,
+    pub weight: u32,
+    pub state: &'static str,
+    pub up: bool,
+    pub health_up: bool,
+    pub outstanding: u32,
+    pub max_conns: u32,
+    pub fails: u32,
+    /// Milliseconds until a passive ejection ends, if one is recorded.
+    pub ejected_for_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub servers: Vec<ServerStatus>,
+}
+
+pub struct Pool {
+    pub name: String,
+    /// `Host` header sent upstream; `None` keeps the client's.
+    pub host: Option<String>,
+    /// `Authorization` header value injected upstream.
+    pub authorization: Option<String>,
+    pub health: Option<HealthConfig>,
+    pub servers: Vec<Arc<Server>>,
+}
+
+/// Why no server could be leased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoServer {
+    /// Best estimate of when one can take requests again.
+    pub retry_after: Duration,
+}
+
+impl Pool {
+    pub fn new(cfg: &PoolConfig, authorization: Option<String>) -> Self {
+        Pool {
+            name: cfg.name.clone(),
+            host: cfg.host.clone(),
+            authorization,
+            health: cfg.health.clone(),
+            servers: cfg
+                .servers
+                .iter()
+                .map(|s| Arc::new(Server::new(cfg, s)))
+                .collect(),
+        }
+    }
+
+    /// Lease the best usable server, preferring ones not in `tried`
+    /// (indices into `servers`).
+    pub fn acquire(&self, now: Instant, tried: &[usize]) -> Result<Lease, NoServer> {
+        let mut avail: Vec<(usize, Availability)> = self
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.availability(now)))
+            .filter(|(i, a)| a.is_usable() && self.servers[*i].under_cap())
+            .collect();
+        let mut rng = rand::thread_rng();
+        while !avail.is_empty() {
+            let candidates: Vec<Candidate> = avail
+                .iter()
+                .map(|&(i, _)| Candidate {
+                    outstanding: self.servers[i].outstanding(),
+                    weight: self.servers[i].weight,
+                    tried: tried.contains(&i),
+                })
+                .collect();
+            let Some(k) = pick(&candidates, &mut rng) else {
+                break;
+            };
+            let (i, a) = avail[k];
+            let probe = a == Availability::Probe;
+            let server = &self.servers[i];
+            if server.try_take(now, probe) {
+                return Ok(Lease::new(server.clone(), i, probe));
+            }
+            // Lost a race for the probe slot or the last unit of capacity.
+            avail.swap_remove(k);
+        }
+        Err(NoServer {
+            retry_after: self.retry_after(now),
+        })
+    }
+
+    /// When the earliest server can be expected back.
+    fn retry_after(&self, now: Instant) -> Duration {
+        let health_back = self
+            .health
+            .as_ref()
+            .map(|h| h.interval * h.rise)
+            .unwrap_or(Duration::from_secs(1));
+        self.servers
+            .iter()
+            .map(|s| match s.availability(now) {
+                Availability::Ejected { until: Some(u) } => u.saturating_duration_since(now),
+                Availability::Down => health_back,
+                // Usable but at its cap, or waiting on a probe: soon.
+                _ => Duration::from_secs(1),
+            })
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// A server this request has not tried could take it now.
+    pub fn has_untried_usable(&self, now: Instant, tried: &[usize]) -> bool {
+        self.servers
+            .iter()
+            .enumerate()
+            .any(|(i, s)| !tried.contains(&i) && s.under_cap() && s.availability(now).is_usable())
+    }
+
+    /// At least one server could take a request now (caps aside).
+    pub fn has_usable(&self, now: Instant) -> bool {
+        self.servers.iter().any(|s| s.availability(now).is_usable())
+    }
+
+    pub fn snapshot(&self, now: Instant) -> PoolStatus {
+        PoolStatus {
+            name: self.name.clone(),
+            servers: self.servers.iter().map(|s| s.snapshot(now)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,149 @@
+//! One upstream attempt: connect, send the buffered request, and wait for
+//! the response head *and* its first body byte. Nothing reaches the client
+//! here, so whatever goes wrong the attempt loop can still try elsewhere.
+
+use crate::outcome::Outcome;
+use bytes::Bytes;
+use pingora_core::connectors::http::Connector;
+use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType};
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::time::{Duration, Instant};
+
+/// A backend answered: head and first body bytes in hand, body still open
+/// on `session` unless `done`.
+pub struct Answer {
+    pub session: HttpSession,
+    pub head: ResponseHeader,
+    /// First non-empty body chunk, if the body has one.
+    pub first: Option<Bytes>,
+    /// The whole body has been read (empty, or it fitted in `first`).
+    pub done: bool,
+    /// When the first byte (or the end of an empty body) arrived.
+    pub first_byte_at: Instant,
+}
+
+pub struct Limits {
+    pub connect: Duration,
+    /// Head and first body byte must arrive within this, measured from the send.
+    pub first_byte: Duration,
+}
+
+/// Classify a Pingora error from an exchange with a backend.
+pub fn classify(e: &Error) -> Outcome {
+    match e.etype() {
+        ErrorType::ConnectTimedout
+        | ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::BindError
+        | ErrorType::SocketError
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::HandshakeError
+        | ErrorType::InvalidCert => Outcome::ConnectError,
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => Outcome::Timeout,
+        _ => Outcome::Reset,
+    }
+}
+
+pub async fn run(
+    connector: &Connector,
+    peer: &HttpPeer,
+    req: &RequestHeader,
+    body: &Bytes,
+    limits: &Limits,
+) -> Result<Answer, Outcome> {
+    let mut peer = peer.clone();
+    peer.options.connection_timeout = Some(limits.connect);
+    let (session, reused) = connector
+        .get_http_session(&peer)
+        .await
+        .map_err(|e| classify(&e))?;
+    match exchange(session, req, body, limits).await {
+        Ok(answer) => Ok(answer),
+        // A pooled connection the backend closed while idle says nothing
+        // about the backend: dial again once.
+        Err((Outcome::Reset, true)) if reused => {
+            tracing::debug!(server = %peer, "pooled connection was stale; redialing");
+            let (session, _) = connector
+                .get_http_session(&peer)
+                .await
+                .map_err(|e| classify(&e))?;
+            exchange(session, req, body, limits)
+                .await
+                .map_err(|(outcome, _)| outcome)
+        }
+        Err((outcome, _)) => Err(outcome),
+    }
+}
+
+/// Send and wait for head + first byte. On error, also says whether nothing
+/// at all came back (so a stale pooled connection can be told apart).
+async fn exchange(
+    mut session: HttpSession,
+    req: &RequestHeader,
+    body: &Bytes,
+    limits: &Limits,
+) -> Result<Answer, (Outcome, bool)> {
+    let work = async {
+        session
+            .write_request_header(Box::new(req.clone()))
+            .await
+            .map_err(|e| (classify(&e), true))?;
+        if !body.is_empty() {
+            session
+                .write_request_body(body.clone(), true)
+                .await
+                .map_err(|e| (classify(&e), true))?;
+        }
+        session
+            .finish_request_body()
+            .await
+            .map_err(|e| (classify(&e), true))?;
+        // Informational (1xx) heads are skipped.
+        loop {
+            session
+                .read_response_header()
+                .await
+                .map_err(|e| (classify(&e), true))?;
+            let informational = session
+                .response_header()
+                .is_some_and(|h| h.status.is_informational());
+            if !informational {
+                break;
+            }
+        }
+        let mut first = None;
+        while !session.response_done() {
+            match session.read_response_body().await {
+                Ok(Some(chunk)) if chunk.is_empty() => continue,
+                Ok(Some(chunk)) => {
+                    first = Some(chunk);
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => return Err((classify(&e), false)),
+            }
+        }
+        Ok(first)
+    };
+    let first = match tokio::time::timeout(limits.first_byte, work).await {
+        Ok(Ok(first)) => first,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err((Outcome::Timeout, false)),
+    };
+    let head = match session.response_header() {
+        Some(h) => h.clone(),
+        None => return Err((Outcome::Reset, false)),
+    };
+    let done = session.response_done();
+    Ok(Answer {
+        session,
+        head,
+        first,
+        done,
+        first_byte_at: Instant::now(),
+    })
+}

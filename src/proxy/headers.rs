@@ -1,0 +1,242 @@
+//! What the backend sees of the client's request head, and what the client
+//! sees of the backend's response head: hop-by-hop headers stripped,
+//! standard forwarding headers added, `Host` and credentials per pool.
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Version};
+use pingora_error::{ErrorType::InvalidHTTPHeader, OrErr, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::net::IpAddr;
+
+/// Connection-level headers (RFC 9110 §7.6.1) that must not be forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers named in `Connection: a, b` are hop-by-hop too.
+fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Facts about the client connection that shape the upstream request.
+pub struct Forwarding<'a> {
+    pub client_ip: Option<IpAddr>,
+    /// `http` or `https`, as the client spoke to us.
+    pub proto: &'static str,
+    /// Pool's `host` setting; `None` keeps the client's.
+    pub host: Option<&'a str>,
+    /// Pool's injected `Authorization` value.
+    pub authorization: Option<&'a str>,
+    pub body_len: usize,
+}
+
+/// Build the request head sent to the backend (always HTTP/1.1).
+pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding<'_>) -> Result<RequestHeader> {
+    let path = client
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), None)?;
+    req.set_version(Version::HTTP_11);
+
+    let listed = connection_listed(&client.headers);
+    for (name, value) in client.headers.iter() {
+        if HOP_BY_HOP.contains(&name.as_str()) || listed.contains(name) {
+            continue;
+        }
+        if name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || name.as_str() == "x-forwarded-for"
+            || name.as_str() == "x-forwarded-proto"
+        {
+            continue;
+        }
+        req.append_header(name.clone(), value.clone())?;
+    }
+
+    // Host: the pool's, else the client's Host, else an HTTP/2 :authority.
+    let host = match fwd.host {
+        Some(h) => Some(HeaderValue::from_str(h).or_err(InvalidHTTPHeader, "pool host")?),
+        None => client.headers.get(header::HOST).cloned().or_else(|| {
+            client
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        }),
+    };
+    if let Some(h) = host {
+        req.insert_header(header::HOST, h)?;
+    }
+
+    let mut xff: Vec<String> = client
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    if let Some(ip) = fwd.client_ip {
+        xff.push(ip.to_string());
+    }
+    if !xff.is_empty() {
+        req.insert_header("x-forwarded-for", xff.join(", "))?;
+    }
+    req.insert_header("x-forwarded-proto", fwd.proto)?;
+
+    if let Some(auth) = fwd.authorization {
+        req.insert_header(header::AUTHORIZATION, auth)?;
+    }
+
+    // The body is buffered whole, so its length is known: never chunked upstream.
+    if fwd.body_len > 0 || method_has_body(&client.method) {
+        req.insert_header(header::CONTENT_LENGTH, fwd.body_len.to_string())?;
+    }
+    Ok(req)
+}
+
+fn method_has_body(m: &Method) -> bool {
+    matches!(*m, Method::POST | Method::PUT | Method::PATCH)
+}
+
+/// Prepare the backend's response head for the client: drop hop-by-hop
+/// headers, keep the body framing the client needs.
+pub fn downstream_response(upstream: &ResponseHeader) -> ResponseHeader {
+    let mut resp = upstream.clone();
+    resp.set_version(Version::HTTP_11);
+    let chunked = upstream
+        .headers
+        .get(header::TRANSFER_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    for name in HOP_BY_HOP {
+        resp.remove_header(*name);
+    }
+    for name in connection_listed(&upstream.headers) {
+        resp.remove_header(&name);
+    }
+    let has_length = upstream.headers.contains_key(header::CONTENT_LENGTH);
+    if chunked || (!has_length && status_has_body(upstream.status.as_u16())) {
+        // Unknown length (chunked or close-delimited upstream): chunk to the client.
+        resp.remove_header(&header::CONTENT_LENGTH);
+        // A static, valid value: inserting it cannot fail.
+        let _ = resp.insert_header(header::TRANSFER_ENCODING, "chunked");
+    }
+    resp
+}
+
+fn status_has_body(status: u16) -> bool {
+    !(100..200).contains(&status) && status != 204 && status != 304
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_req() -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/v1/chat/completions?x=1", None).unwrap();
+        r.insert_header("host", "gw.example").unwrap();
+        r.insert_header("connection", "keep-alive, x-secret-hop")
+            .unwrap();
+        r.insert_header("x-secret-hop", "1").unwrap();
+        r.insert_header("keep-alive", "timeout=5").unwrap();
+        r.insert_header("transfer-encoding", "chunked").unwrap();
+        r.insert_header("te", "trailers").unwrap();
+        r.insert_header("x-forwarded-for", "10.0.0.1").unwrap();
+        r.insert_header("content-type", "application/json").unwrap();
+        r
+    }
+
+    fn fwd(host: Option<&str>) -> Forwarding<'_> {
+        Forwarding {
+            client_ip: Some("127.0.0.9".parse().unwrap()),
+            proto: "http",
+            host,
+            authorization: None,
+            body_len: 12,
+        }
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_adds_forwarding() {
+        let up = upstream_request(&client_req(), &fwd(None)).unwrap();
+        for h in [
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "te",
+            "x-secret-hop",
+        ] {
+            assert!(up.headers.get(h).is_none(), "{h} forwarded");
+        }
+        assert_eq!(up.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(up.headers["x-forwarded-proto"], "http");
+        assert_eq!(up.headers["host"], "gw.example");
+        assert_eq!(up.headers["content-length"], "12");
+        assert_eq!(up.headers["content-type"], "application/json");
+        assert_eq!(up.uri.to_string(), "/v1/chat/completions?x=1");
+    }
+
+    #[test]
+    fn pool_host_and_credentials_win() {
+        let mut f = fwd(Some("api.deepseek.com"));
+        f.authorization = Some("Bearer k");
+        let up = upstream_request(&client_req(), &f).unwrap();
+        assert_eq!(up.headers["host"], "api.deepseek.com");
+        assert_eq!(up.headers["authorization"], "Bearer k");
+    }
+
+    #[test]
+    fn get_without_body_has_no_length() {
+        let r = RequestHeader::build("GET", b"/v1/models", None).unwrap();
+        let mut f = fwd(None);
+        f.body_len = 0;
+        let up = upstream_request(&r, &f).unwrap();
+        assert!(up.headers.get("content-length").is_none());
+    }
+
+    #[test]
+    fn response_keeps_framing_and_drops_hops() {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        r.insert_header("transfer-encoding", "chunked").unwrap();
+        r.insert_header("connection", "keep-alive").unwrap();
+        r.insert_header("content-type", "text/event-stream")
+            .unwrap();
+        let d = downstream_response(&r);
+        assert!(d.headers.get("connection").is_none());
+        assert_eq!(d.headers["transfer-encoding"], "chunked");
+        assert_eq!(d.headers["content-type"], "text/event-stream");
+
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        r.insert_header("content-length", "5").unwrap();
+        let d = downstream_response(&r);
+        assert_eq!(d.headers["content-length"], "5");
+        assert!(d.headers.get("transfer-encoding").is_none());
+
+        // Close-delimited upstream body: chunk it to the client.
+        let r = ResponseHeader::build(200, None).unwrap();
+        assert_eq!(
+            downstream_response(&r).headers["transfer-encoding"],
+            "chunked"
+        );
+        let r = ResponseHeader::build(204, None).unwrap();
+        assert!(downstream_response(&r)
+            .headers
+            .get("transfer-encoding")
+            .is_none());
+    }
+}

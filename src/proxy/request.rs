@@ -1,0 +1,79 @@
+//! Reading the client's request: the head within `header_timeout` and under
+//! `max_header_bytes`, the body buffered whole under `max_request_body` so
+//! that every attempt can replay it.
+
+use crate::config::Limits;
+use crate::error::GatewayError;
+use bytes::{Bytes, BytesMut};
+use pingora_core::protocols::http::ServerSession;
+use pingora_http::RequestHeader;
+
+/// What went wrong reading the request.
+pub enum ReadError {
+    /// The connection closed or timed out; nothing to answer.
+    Gone,
+    /// Answer with this error, then close the connection.
+    Reject(GatewayError),
+}
+
+/// Read the request head. `Ok(false)`: the client closed a kept-alive
+/// connection cleanly.
+pub async fn read_head(session: &mut ServerSession, limits: &Limits) -> Result<bool, ReadError> {
+    match tokio::time::timeout(limits.header_timeout, session.read_request()).await {
+        Ok(Ok(read)) => Ok(read),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "reading request head failed");
+            Err(ReadError::Gone)
+        }
+        Err(_) => {
+            tracing::debug!("request head did not arrive within header_timeout");
+            Err(ReadError::Gone)
+        }
+    }
+}
+
+/// Size of the head as the limit counts it: target plus every header line.
+pub fn head_bytes(req: &RequestHeader) -> u64 {
+    let headers: usize = req
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    (req.uri.to_string().len() + headers) as u64
+}
+
+pub fn check_head(req: &RequestHeader, limits: &Limits) -> Result<(), GatewayError> {
+    if head_bytes(req) > limits.max_header_bytes {
+        return Err(GatewayError::headers_too_large(limits.max_header_bytes));
+    }
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_request_body) {
+        return Err(GatewayError::body_too_large(limits.max_request_body));
+    }
+    Ok(())
+}
+
+/// Buffer the whole body (bounded by `max_request_body`, and by the route's
+/// deadline which the caller applies).
+pub async fn read_body(session: &mut ServerSession, limit: u64) -> Result<Bytes, ReadError> {
+    let mut buf = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if (buf.len() + chunk.len()) as u64 > limit {
+                    return Err(ReadError::Reject(GatewayError::body_too_large(limit)));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading request body failed");
+                return Err(ReadError::Gone);
+            }
+        }
+    }
+}

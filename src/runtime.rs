@@ -1,0 +1,128 @@
+//! Wiring: build the pools from a validated config and run the gateway,
+//! admin listener and health prober as Pingora services.
+
+use crate::admin::Admin;
+use crate::config::{Config, LogFormat};
+use crate::metrics;
+use crate::pool::{prober, Pool};
+use crate::proxy::Gateway;
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+use std::sync::Arc;
+
+/// Install the tracing subscriber: `RUST_LOG` wins over the config's level.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default_filter(level)))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    // A second init (tests, demo) is harmless; keep the first.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Pingora logs every client hang-up as an error; keep its noise at warn.
+fn default_filter(level: &str) -> String {
+    format!("{level},pingora_core=warn,pingora=warn")
+}
+
+/// Resolve pool credentials from the environment (checked by config load).
+fn build_pools(config: &Config) -> anyhow::Result<Vec<Arc<Pool>>> {
+    config
+        .pools
+        .iter()
+        .map(|p| {
+            let authorization = match &p.api_key_env {
+                Some(var) => Some(format!(
+                    "Bearer {}",
+                    std::env::var(var).with_context(|| format!(
+                        "pool '{}': api_key_env {var} is not set",
+                        p.name
+                    ))?
+                )),
+                None => None,
+            };
+            for s in &p.servers {
+                metrics::register_server(&p.name, &s.addr);
+            }
+            Ok(Arc::new(Pool::new(p, authorization)))
+        })
+        .collect()
+}
+
+struct Prober {
+    pools: Vec<Arc<Pool>>,
+}
+
+#[async_trait]
+impl BackgroundService for Prober {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let tasks: Vec<_> = self
+            .pools
+            .iter()
+            .filter(|p| p.health.is_some())
+            .map(|p| tokio::spawn(prober::run(p.clone())))
+            .collect();
+        let _ = shutdown.changed().await;
+        for t in tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Run the gateway until a signal stops the process. Never returns on success.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    metrics::init();
+    let config = Arc::new(config);
+    let pools = build_pools(&config)?;
+
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.server.grace_period.as_secs().max(1)),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut gateway = Service::new(
+        "ballast gateway".to_string(),
+        Gateway::new(config.clone(), pools.clone()),
+    );
+    for addr in &config.server.listen {
+        gateway.add_tcp(addr);
+    }
+
+    let mut admin = Service::new(
+        "ballast admin".to_string(),
+        HttpServer::new_app(Admin::new(config.clone(), pools.clone())),
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&config.admin.listen);
+
+    let mut prober = background_service("ballast health checks", Prober { pools });
+    prober.threads = Some(1);
+
+    server.add_service(gateway);
+    server.add_service(admin);
+    server.add_service(prober);
+    tracing::info!(
+        listen = ?config.server.listen,
+        admin = %config.admin.listen,
+        pools = config.pools.len(),
+        routes = config.routes.len(),
+        "ballast starting"
+    );
+    server.run_forever()
+}

@@ -1,0 +1,338 @@
+//! A simulated OpenAI-compatible model backend on raw tokio TCP.
+//!
+//! Used by end-to-end tests, benchmarks and the demo (`ballast sim`). It
+//! speaks just enough HTTP/1.1 (keep-alive, Content-Length and chunked
+//! bodies) to be driven by a real gateway, and owns the wire so it can
+//! misbehave on purpose: see [`FaultKind`].
+//!
+//! Routes: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions`,
+//! `POST /v1/completions` (streamed as SSE when `"stream": true`), any other
+//! path echoes the request as JSON. The control plane under `/_sim/` (stats,
+//! fault, health, reset) is exempt from faults and not counted as traffic.
+
+mod cli;
+mod completions;
+mod fault;
+mod handlers;
+mod http;
+#[cfg(test)]
+mod test_client;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use cli::{run, SimArgs};
+pub use fault::{Fault, FaultKind, HealthMode};
+
+/// How many traffic requests [`Stats::log`] keeps.
+pub const LOG_CAPACITY: usize = 1000;
+
+/// Start-up settings of one simulated server.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Shown in `x-sim-server`, `system_fingerprint` and the echo body.
+    pub name: String,
+    /// The model id served (default "sim-model").
+    pub model: String,
+    /// Tokens per completion unless the request sets `max_tokens` (default 16).
+    pub tokens: u32,
+    /// Delay before each streamed token (default 20ms).
+    pub token_interval: Duration,
+    pub fault: Fault,
+    pub health: HealthMode,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            name: "sim".to_string(),
+            model: "sim-model".to_string(),
+            tokens: 16,
+            token_interval: Duration::from_millis(20),
+            fault: Fault::default(),
+            health: HealthMode::Ok,
+        }
+    }
+}
+
+/// Counters and the recent request log, as served at `GET /_sim/stats`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Traffic requests (not control, not /health).
+    pub requests: u64,
+    /// `/health` hits.
+    pub health_checks: u64,
+    /// Traffic requests being handled now.
+    pub in_flight: u64,
+    /// Most traffic requests handled at once.
+    pub peak_in_flight: u64,
+    pub connections_accepted: u64,
+    /// Client went away (closed or reset) before a response or stream was
+    /// complete, including while a hang/stall/latency fault held it.
+    pub disconnects_mid_response: u64,
+    /// The last [`LOG_CAPACITY`] traffic requests, oldest first.
+    pub log: Vec<RequestRecord>,
+}
+
+/// One traffic request as it reached the server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Milliseconds since the server started.
+    pub at_ms: u64,
+    pub method: String,
+    /// The request target as sent (path and query).
+    pub path: String,
+    /// Header names lowercased, in arrival order, duplicates kept.
+    pub headers: Vec<(String, String)>,
+    pub body_len: u64,
+    pub body_sha256: String,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    requests: u64,
+    health_checks: u64,
+    in_flight: u64,
+    peak_in_flight: u64,
+    connections_accepted: u64,
+    disconnects_mid_response: u64,
+    log: VecDeque<RequestRecord>,
+}
+
+/// State shared by the accept loop, every connection and [`SimServer`].
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) model: String,
+    pub(crate) tokens: u32,
+    pub(crate) token_interval: Duration,
+    pub(crate) started: Instant,
+    pub(crate) seq: AtomicU64,
+    fault: Mutex<Fault>,
+    health: Mutex<HealthMode>,
+    counters: Mutex<Counters>,
+    shutdown: watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    fn counters(&self) -> MutexGuard<'_, Counters> {
+        lock(&self.counters)
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let c = self.counters();
+        Stats {
+            requests: c.requests,
+            health_checks: c.health_checks,
+            in_flight: c.in_flight,
+            peak_in_flight: c.peak_in_flight,
+            connections_accepted: c.connections_accepted,
+            disconnects_mid_response: c.disconnects_mid_response,
+            log: c.log.iter().cloned().collect(),
+        }
+    }
+
+    pub(crate) fn reset_stats(&self) {
+        let mut c = self.counters();
+        let in_flight = c.in_flight;
+        *c = Counters {
+            in_flight,
+            peak_in_flight: in_flight,
+            ..Counters::default()
+        };
+    }
+
+    pub(crate) fn fault(&self) -> Fault {
+        lock(&self.fault).clone()
+    }
+
+    pub(crate) fn set_fault(&self, f: Fault) {
+        *lock(&self.fault) = f;
+    }
+
+    /// The fault for the request now arriving; counts down `times`.
+    pub(crate) fn take_fault(&self) -> Fault {
+        let mut f = lock(&self.fault);
+        match f.times {
+            None => f.clone(),
+            Some(0) => {
+                *f = Fault::default();
+                Fault::default()
+            }
+            Some(n) => {
+                let now = f.clone();
+                if n == 1 {
+                    *f = Fault::default();
+                } else {
+                    f.times = Some(n - 1);
+                }
+                now
+            }
+        }
+    }
+
+    pub(crate) fn health(&self) -> HealthMode {
+        *lock(&self.health)
+    }
+
+    pub(crate) fn set_health(&self, h: HealthMode) {
+        *lock(&self.health) = h;
+    }
+
+    pub(crate) fn count_health_check(&self) {
+        self.counters().health_checks += 1;
+    }
+
+    pub(crate) fn count_disconnect(&self) {
+        self.counters().disconnects_mid_response += 1;
+    }
+
+    /// Counts and logs a traffic request; the guard keeps it in flight.
+    pub(crate) fn begin_request(self: &Arc<Self>, record: RequestRecord) -> InFlight {
+        let mut c = self.counters();
+        c.requests += 1;
+        c.in_flight += 1;
+        c.peak_in_flight = c.peak_in_flight.max(c.in_flight);
+        if c.log.len() >= LOG_CAPACITY {
+            c.log.pop_front();
+        }
+        c.log.push_back(record);
+        InFlight(self.clone())
+    }
+
+    pub(crate) fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Decrements `in_flight` however the request ends.
+pub(crate) struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut c = self.0.counters();
+        c.in_flight = c.in_flight.saturating_sub(1);
+    }
+}
+
+/// A running simulated backend. Dropping it shuts it down.
+pub struct SimServer {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl SimServer {
+    /// Binds `listen`, spawns the accept loop on the current tokio runtime
+    /// and returns once the socket is listening.
+    pub async fn start(listen: SocketAddr, opts: SimOptions) -> std::io::Result<SimServer> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            name: opts.name,
+            model: opts.model,
+            tokens: opts.tokens,
+            token_interval: opts.token_interval,
+            started: Instant::now(),
+            seq: AtomicU64::new(0),
+            fault: Mutex::new(opts.fault),
+            health: Mutex::new(opts.health),
+            counters: Mutex::new(Counters::default()),
+            shutdown,
+        });
+        tokio::spawn(accept_loop(shared.clone(), listener));
+        tracing::debug!(name = %shared.name, %addr, "sim server listening");
+        Ok(SimServer { shared, addr })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// The request fault now in force (after any `times` countdown).
+    pub fn fault(&self) -> Fault {
+        self.shared.fault()
+    }
+
+    pub fn set_fault(&self, f: Fault) {
+        self.shared.set_fault(f);
+    }
+
+    pub fn set_health(&self, h: HealthMode) {
+        self.shared.set_health(h);
+    }
+
+    pub fn reset_stats(&self) {
+        self.shared.reset_stats();
+    }
+
+    /// Stops accepting and closes every open connection (in-flight requests
+    /// and streams are cut). Idempotent; the port is released promptly.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for SimServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimServer")
+            .field("name", &self.shared.name)
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                shared.counters().connections_accepted += 1;
+                let shared = shared.clone();
+                let mut stop = shared.shutdown.subscribe();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => {}
+                        _ = handlers::serve_connection(shared.clone(), stream) => {}
+                    }
+                    tracing::trace!(%peer, "sim connection closed");
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sim accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    tracing::debug!(name = %shared.name, "sim server stopped accepting");
+}

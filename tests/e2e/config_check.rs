@@ -1,0 +1,126 @@
+//! `ballast check` (and `run`) on bad configs: a clear error that names the
+//! key and the line, a non-zero exit, never a panic.
+
+use std::process::Command;
+
+fn check(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.success(), stderr)
+}
+
+const GOOD: &str = r#"
+[[pool]]
+name = "p"
+[[pool.servers]]
+addr = "127.0.0.1:9"
+
+[[route]]
+name = "r"
+pool = "p"
+"#;
+
+fn assert_rejected(text: &str, expect: &[&str]) {
+    let (ok, err) = check(text);
+    assert!(!ok, "accepted:\n{text}");
+    for e in expect {
+        assert!(err.contains(e), "error does not mention {e:?}:\n{err}");
+    }
+}
+
+#[test]
+fn the_shipped_config_passes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["check", "--config"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ballast.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(check(GOOD).0);
+}
+
+#[test]
+fn unknown_key() {
+    let text = GOOD.replace("name = \"r\"", "name = \"r\"\nretries = 5");
+    assert_rejected(&text, &["bad.toml:9", "route[0].retries"]);
+}
+
+#[test]
+fn bad_duration() {
+    let text = format!("{GOOD}\n[route.timeouts]\nconnect = \"2 parsecs\"\n");
+    assert_rejected(&text, &["bad.toml:12", "route[0].timeouts.connect"]);
+}
+
+#[test]
+fn route_to_missing_pool() {
+    let text = GOOD.replace("pool = \"p\"", "pool = \"nope\"");
+    assert_rejected(&text, &["bad.toml:9", "route[0].pool", "nope"]);
+}
+
+#[test]
+fn empty_pool() {
+    let text = "[[pool]]\nname = \"p\"\n\n[[route]]\nname = \"r\"\npool = \"p\"\n";
+    assert_rejected(text, &["bad.toml:1", "pool[0]", "no servers"]);
+}
+
+#[test]
+fn duplicate_names() {
+    let text = format!(
+        "{GOOD}\n[[pool]]\nname = \"p\"\n[[pool.servers]]\naddr = \"127.0.0.1:10\"\n\
+         \n[[route]]\nname = \"r\"\npool = \"p\"\npath_prefix = \"/v1/\"\n"
+    );
+    assert_rejected(
+        &text,
+        &[
+            "bad.toml:12",
+            "pool[1].name",
+            "bad.toml:17",
+            "route[1].name",
+        ],
+    );
+}
+
+#[test]
+fn several_problems_are_all_reported() {
+    let text = GOOD
+        .replace(
+            "addr = \"127.0.0.1:9\"",
+            "addr = \"127.0.0.1:9\"\nweight = 0",
+        )
+        .replace("pool = \"p\"", "pool = \"q\"");
+    assert_rejected(&text, &["weight", "route[0].pool"]);
+}
+
+#[test]
+fn missing_file_and_run_refuses_too() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["check", "--config", "/nonexistent/ballast.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ballast.toml"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, GOOD.replace("pool = \"p\"", "pool = \"nope\"")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "run started on a bad config");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("route[0].pool"));
+}

@@ -1,0 +1,240 @@
+//! Start the real `ballast` binary and simulated backends on loopback
+//! ports, and wait for readiness by polling, never by sleeping blind.
+
+use ballast::sim::{Fault, FaultKind, SimOptions, SimServer};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on (bound once, then released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub async fn sim(name: &str) -> SimServer {
+    sim_with(name, SimOptions::default()).await
+}
+
+pub async fn sim_with(name: &str, opts: SimOptions) -> SimServer {
+    let opts = SimOptions {
+        name: name.to_string(),
+        ..opts
+    };
+    SimServer::start("127.0.0.1:0".parse().unwrap(), opts)
+        .await
+        .expect("start simulated backend")
+}
+
+pub fn latency(d: Duration) -> Fault {
+    Fault {
+        kind: FaultKind::None,
+        latency: Some(d),
+        times: None,
+    }
+}
+
+pub fn status(code: u16) -> Fault {
+    Fault {
+        kind: FaultKind::Status {
+            code,
+            retry_after: None,
+        },
+        latency: None,
+        times: None,
+    }
+}
+
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    _dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+impl Gateway {
+    /// Start `ballast` with `body` (pools and routes) after generated
+    /// `[server]`, `[admin]` and `[log]` sections on free ports.
+    pub async fn start(body: &str) -> Gateway {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = format!(
+            "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ngrace_period = \"1s\"\n\n\
+             [admin]\nlisten = \"{admin}\"\n\n[log]\nlevel = \"info\"\n\n{body}"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ballast.toml");
+        std::fs::write(&path, text).expect("write config");
+        let log = std::fs::File::create(dir.path().join("ballast.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_ballast"))
+            .arg("--config")
+            .arg(&path)
+            .arg("run")
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ballast");
+        let gw = Gateway {
+            child,
+            addr,
+            admin,
+            _dir: dir,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let admin_up = self
+                .client
+                .get(self.admin_url("/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            let gw_up = tokio::net::TcpStream::connect(self.addr).await.is_ok();
+            if admin_up && gw_up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ballast did not become ready; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("ballast.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub async fn status_json(&self) -> serde_json::Value {
+        self.client
+            .get(self.admin_url("/status"))
+            .send()
+            .await
+            .expect("GET /status")
+            .json()
+            .await
+            .expect("/status is JSON")
+    }
+
+    /// The `/status` entry of one server.
+    pub async fn server_status(&self, server: &str) -> serde_json::Value {
+        let st = self.status_json().await;
+        for pool in st["pools"].as_array().expect("pools") {
+            for s in pool["servers"].as_array().expect("servers") {
+                if s["addr"] == server {
+                    return s.clone();
+                }
+            }
+        }
+        panic!("server {server} not in /status: {st}");
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Value of the first sample whose line starts with `name{` and contains
+    /// every `label="value"` pair given; 0 if absent.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics().await, name, labels)
+    }
+
+    /// Poll `/metrics` until the sample reaches `want` (metrics are recorded
+    /// just after the response is written), or fail after 15 s.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = self.metric(name, labels).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} stayed {got}, wanted {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Poll `/status` until `pred` holds for `server`, or fail after 15 s.
+    pub async fn wait_server(
+        &self,
+        server: &str,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = self.server_status(server).await;
+            if pred(&s) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {server} to be {what}: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A pool section with the given servers.
+pub fn pool_toml(name: &str, servers: &[String], extra: &str) -> String {
+    let mut s = format!("[[pool]]\nname = \"{name}\"\n{extra}\n");
+    for addr in servers {
+        s.push_str(&format!("[[pool.servers]]\naddr = \"{addr}\"\n"));
+    }
+    s
+}
+
+pub fn route_toml(name: &str, prefix: &str, pool: &str, extra: &str) -> String {
+    format!(
+        "[[route]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\npool = \"{pool}\"\n{extra}\n"
+    )
+}

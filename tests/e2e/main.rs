@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `ballast` binary between a real HTTP client
+//! and simulated backends, all on loopback sockets.
+
+mod balancing;
+mod config_check;
+mod ejection;
+mod errors;
+mod harness;
+mod health;
+mod leases;
+mod proxying;

@@ -1,0 +1,108 @@
+//! What the backend sees of a proxied request, and what the client sees back.
+
+use crate::harness::*;
+use futures_util::StreamExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_and_hop_by_hop() {
+    let a = sim("a").await;
+    let gw = Gateway::start(&format!(
+        "{}{}{}",
+        pool_toml("p", &[a.addr().to_string()], "host = \"models.internal\""),
+        route_toml("r", "/", "p", ""),
+        ""
+    ))
+    .await;
+    let r = gw
+        .client
+        .post(gw.url("/echo?q=1"))
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "secret")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-custom", "kept")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-sim-server").is_some());
+    let echo: serde_json::Value = r.json().await.unwrap();
+    let h = &echo["headers"];
+    assert_eq!(echo["path"], "/echo?q=1");
+    assert_eq!(echo["body_len"], 5);
+    assert_eq!(h["host"], "models.internal");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-custom"], "kept");
+    assert!(
+        h.get("x-hop").is_none(),
+        "Connection-listed header forwarded: {h}"
+    );
+    assert!(h.get("keep-alive").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_and_keeps_connections_alive() {
+    let a = sim("a").await;
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        pool_toml("p", &[a.addr().to_string()], ""),
+        route_toml("r", "/", "p", "")
+    ))
+    .await;
+    for _ in 0..3 {
+        let r = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .body(r#"{"model":"m","messages":[],"stream":true,"max_tokens":5}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let mut body = Vec::new();
+        let mut s = r.bytes_stream();
+        while let Some(chunk) = s.next().await {
+            body.extend_from_slice(&chunk.unwrap());
+        }
+        let text = String::from_utf8(body).unwrap();
+        assert_eq!(text.matches("data: {").count(), 5);
+        assert!(text.trim_end().ends_with("data: [DONE]"));
+    }
+    // Three requests, one pooled backend connection.
+    assert_eq!(a.stats().connections_accepted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_clients_are_served() {
+    let a = sim("a").await;
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        pool_toml("p", &[a.addr().to_string()], ""),
+        route_toml("r", "/", "p", "")
+    ))
+    .await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2
+        .post(gw.url("/v1/chat/completions"))
+        .body(r#"{"model":"m","messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    let echo: serde_json::Value = h2
+        .get(gw.url("/e"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["headers"]["host"], gw.addr.to_string());
+}
