@@ -59,8 +59,10 @@ pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding<'_>) -> Result<
         if HOP_BY_HOP.contains(&name.as_str()) || listed.contains(name) {
             continue;
         }
+        // The body is already buffered: the backend gets it whole, no Expect.
         if name == header::HOST
             || name == header::CONTENT_LENGTH
+            || name == header::EXPECT
             || name.as_str() == "x-forwarded-for"
             || name.as_str() == "x-forwarded-proto"
         {
@@ -158,6 +160,7 @@ mod tests {
         r.insert_header("te", "trailers").unwrap();
         r.insert_header("x-forwarded-for", "10.0.0.1").unwrap();
         r.insert_header("content-type", "application/json").unwrap();
+        r.insert_header("expect", "100-continue").unwrap();
         r
     }
 

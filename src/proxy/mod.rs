@@ -69,6 +69,12 @@ impl Gateway {
         log.pool = Some(pool.name.clone());
 
         let deadline = log.start + route.timeouts.total;
+        if request::expects_continue(session.req_header()) {
+            // The request is routable and within limits: invite the body.
+            if session.write_continue_response().await.is_err() {
+                return false;
+            }
+        }
         let body = match tokio::time::timeout_at(
             deadline.into(),
             request::read_body(session, limits.max_request_body),

@@ -57,6 +57,14 @@ pub fn check_head(req: &RequestHeader, limits: &Limits) -> Result<(), GatewayErr
     Ok(())
 }
 
+/// `Expect: 100-continue`: the client waits for a go-ahead before the body.
+pub fn expects_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
 /// Buffer the whole body (bounded by `max_request_body`, and by the route's
 /// deadline which the caller applies).
 pub async fn read_body(session: &mut ServerSession, limit: u64) -> Result<Bytes, ReadError> {

@@ -134,3 +134,36 @@ async fn backend_slower_than_first_byte_timeout_is_504() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_or_oversized_request_heads_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = sim("a").await;
+    let gw = Gateway::start(&format!(
+        "[limits]\nheader_timeout = \"300ms\"\nmax_header_bytes = \"2KiB\"\n{}{}",
+        pool_toml("p", &[a.addr().to_string()], ""),
+        route_toml("r", "/", "p", "")
+    ))
+    .await;
+
+    // A head that never completes: the gateway hangs up (slowloris).
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    conn.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "connection held open past header_timeout");
+
+    // Headers over the limit: 431 in the JSON shape.
+    let r = gw
+        .client
+        .get(gw.url("/x"))
+        .header("x-big", "v".repeat(3000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    assert_eq!(error_code(r).await, "headers_too_large");
+    assert_eq!(a.stats().requests, 0);
+}

@@ -8,4 +8,5 @@ mod errors;
 mod harness;
 mod health;
 mod leases;
+mod prometheus;
 mod proxying;

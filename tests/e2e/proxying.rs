@@ -106,3 +106,67 @@ async fn h2c_clients_are_served() {
         .unwrap();
     assert_eq!(echo["headers"]["host"], gw.addr.to_string());
 }
+
+/// Read from `conn` until `needle` shows up (bounded by a generous timeout).
+async fn read_until(conn: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let work = async {
+        while !String::from_utf8_lossy(&seen).contains(needle) {
+            let n = conn.read(&mut buf).await.expect("read");
+            assert!(
+                n > 0,
+                "closed before {needle:?}: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), work)
+        .await
+        .expect("no hang");
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_is_answered_by_the_gateway() {
+    use tokio::io::AsyncWriteExt;
+    let a = sim("a").await;
+    let gw = Gateway::start(&format!(
+        "[limits]\nmax_request_body = \"1KiB\"\n{}{}",
+        pool_toml("p", &[a.addr().to_string()], ""),
+        route_toml("r", "/", "p", "")
+    ))
+    .await;
+
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    conn.write_all(
+        b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_until(&mut conn, "\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+    conn.write_all(b"hello").await.unwrap();
+    let resp = read_until(&mut conn, "body_sha256").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let log = a.stats().log;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].body_len, 5);
+    assert!(
+        !log[0].headers.iter().any(|(k, _)| k == "expect"),
+        "Expect forwarded: {:?}",
+        log[0].headers
+    );
+
+    // Too large: refused up front, no invitation to send the body.
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    conn.write_all(
+        b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let resp = read_until(&mut conn, "\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+}
