@@ -31,12 +31,7 @@ async fn slow_backend_gets_markedly_fewer_requests() {
     let slow = sim("slow").await;
     slow.set_fault(latency(Duration::from_millis(150)));
     let servers = [fast1.addr(), fast2.addr(), slow.addr()].map(|a| a.to_string());
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        pool_toml("p", &servers, ""),
-        route_toml("r", "/", "p", "")
-    ))
-    .await;
+    let gw = Gateway::one_pool(&servers, "").await;
 
     load(&gw, 300, 6).await;
 
@@ -66,12 +61,7 @@ async fn equal_backends_share_evenly() {
         s.set_fault(latency(Duration::from_millis(3)));
     }
     let servers: Vec<String> = sims.iter().map(|s| s.addr().to_string()).collect();
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        pool_toml("p", &servers, ""),
-        route_toml("r", "/", "p", "")
-    ))
-    .await;
+    let gw = Gateway::one_pool(&servers, "").await;
 
     load(&gw, 300, 6).await;
 

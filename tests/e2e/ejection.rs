@@ -15,12 +15,7 @@ async fn refusing_backend_is_ejected_then_probed_once() {
     let live = sim("live").await;
     let dead = format!("127.0.0.1:{}", free_port());
     let servers = [live.addr().to_string(), dead.clone()];
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        pool_toml("p", &servers, "max_fails = 2\nfail_timeout = \"2s\""),
-        route_toml("r", "/", "p", "")
-    ))
-    .await;
+    let gw = Gateway::one_pool(&servers, "max_fails = 2\nfail_timeout = \"2s\"").await;
 
     // Until the dead server has failed twice, some requests try it first;
     // every one is retried on the live server, so the client never notices.
@@ -80,15 +75,10 @@ async fn successful_probe_returns_the_server() {
     fault.times = Some(1);
     flaky.set_fault(fault);
     let server = flaky.addr().to_string();
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        pool_toml(
-            "p",
-            std::slice::from_ref(&server),
-            "max_fails = 1\nfail_timeout = \"1s\""
-        ),
-        route_toml("r", "/", "p", "")
-    ))
+    let gw = Gateway::one_pool(
+        std::slice::from_ref(&server),
+        "max_fails = 1\nfail_timeout = \"1s\"",
+    )
     .await;
 
     let r = gw.client.get(gw.url("/x")).send().await.unwrap();
@@ -111,15 +101,10 @@ async fn successful_probe_returns_the_server() {
 async fn client_errors_and_429_never_eject() {
     let busy = sim("busy").await;
     let server = busy.addr().to_string();
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        pool_toml(
-            "p",
-            std::slice::from_ref(&server),
-            "max_fails = 1\nfail_timeout = \"30s\""
-        ),
-        route_toml("r", "/", "p", "")
-    ))
+    let gw = Gateway::one_pool(
+        std::slice::from_ref(&server),
+        "max_fails = 1\nfail_timeout = \"30s\"",
+    )
     .await;
 
     for code in [429, 400, 404, 413] {

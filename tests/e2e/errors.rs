@@ -15,12 +15,7 @@ async fn every_server_down_gives_503_with_retry_after() {
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     ];
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        pool_toml("p", &dead, "max_fails = 1\nfail_timeout = \"20s\""),
-        route_toml("r", "/", "p", "")
-    ))
-    .await;
+    let gw = Gateway::one_pool(&dead, "max_fails = 1\nfail_timeout = \"20s\"").await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()

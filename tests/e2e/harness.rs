@@ -90,6 +90,17 @@ impl Gateway {
         gw
     }
 
+    /// The common case: one pool "p" of `servers` (with `pool_extra` keys)
+    /// and one route "r" for every path.
+    pub async fn one_pool(servers: &[String], pool_extra: &str) -> Gateway {
+        Gateway::start(&format!(
+            "{}{}",
+            pool_toml("p", servers, pool_extra),
+            route_toml("r", "/", "p", "")
+        ))
+        .await
+    }
+
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -16,12 +16,7 @@ async fn outstanding_returns_to_zero_however_requests_end() {
     let a = sim_with("a", opts.clone()).await;
     let b = sim_with("b", opts).await;
     let servers = [a.addr().to_string(), b.addr().to_string()];
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        pool_toml("p", &servers, "max_fails = 0"),
-        route_toml("r", "/", "p", "")
-    ))
-    .await;
+    let gw = Gateway::one_pool(&servers, "max_fails = 0").await;
     let chat = gw.url("/v1/chat/completions");
     let stream_body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
 

@@ -44,12 +44,7 @@ async fn forwarding_headers_and_hop_by_hop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_and_keeps_connections_alive() {
     let a = sim("a").await;
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        pool_toml("p", &[a.addr().to_string()], ""),
-        route_toml("r", "/", "p", "")
-    ))
-    .await;
+    let gw = Gateway::one_pool(&[a.addr().to_string()], "").await;
     for _ in 0..3 {
         let r = gw
             .client
@@ -76,12 +71,7 @@ async fn streams_and_keeps_connections_alive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_clients_are_served() {
     let a = sim("a").await;
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        pool_toml("p", &[a.addr().to_string()], ""),
-        route_toml("r", "/", "p", "")
-    ))
-    .await;
+    let gw = Gateway::one_pool(&[a.addr().to_string()], "").await;
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
