@@ -154,6 +154,10 @@ impl Server {
     pub fn snapshot(&self, now: Instant) -> ServerStatus {
         let st = self.state();
         let availability = st.availability(now);
+        let ejected_for = st
+            .ejection
+            .ejected_until()
+            .map(|u| u.saturating_duration_since(now));
         ServerStatus {
             addr: self.addr.clone(),
             weight: self.weight,
@@ -163,10 +167,10 @@ impl Server {
             outstanding: self.outstanding(),
             max_conns: self.max_conns,
             fails: st.ejection.fails(),
-            ejected_for_ms: st
-                .ejection
-                .ejected_until()
-                .map(|u| u.saturating_duration_since(now).as_millis() as u64),
+            ejected_for_ms: ejected_for.map(|d| d.as_millis() as u64),
+            ejected_until: ejected_for.map(|d| {
+                humantime::format_rfc3339_millis(std::time::SystemTime::now() + d).to_string()
+            }),
         }
     }
 }
@@ -209,8 +213,11 @@ pub struct ServerStatus {
     pub outstanding: u32,
     pub max_conns: u32,
     pub fails: u32,
-    /// Milliseconds until a passive ejection ends, if one is recorded.
+    /// Milliseconds until a passive ejection ends, if one is recorded
+    /// (0 once it has ended and the server waits for its probe).
     pub ejected_for_ms: Option<u64>,
+    /// The same moment as a wall-clock RFC 3339 time.
+    pub ejected_until: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -56,7 +56,7 @@ impl AccessLog {
             attempts = self.attempts,
             duration_ms = duration.as_secs_f64() * 1000.0,
             error = self.error.unwrap_or(""),
-            end = ?self.forwarded,
+            end = self.forwarded.map_or("", Forwarded::label),
         );
     }
 }

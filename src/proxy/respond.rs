@@ -57,6 +57,17 @@ pub enum Forwarded {
     UpstreamStalled,
 }
 
+impl Forwarded {
+    pub fn label(self) -> &'static str {
+        match self {
+            Forwarded::Complete => "complete",
+            Forwarded::ClientGone => "client_gone",
+            Forwarded::UpstreamBroken => "upstream_broken",
+            Forwarded::UpstreamStalled => "upstream_stalled",
+        }
+    }
+}
+
 pub async fn forward(
     session: &mut ServerSession,
     answer: Answer,
