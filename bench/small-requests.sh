@@ -1,0 +1,357 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of small requests (GET /v1/models) against:
+#   direct  — one simulated backend, no proxy
+#   ballast — the gateway in front of three simulated backends
+#   nginx   — nginx with an equivalent config in front of the same backends
+#
+# Env: CONNS (default 32), DURATION (default 10s), THREADS (proxy worker
+# threads/processes, default 2), WARMUP (default 2s), WRK_THREADS (default 2),
+# BALLAST_BIN (skip the cargo build and use this binary), KEEP_WORKDIR=1.
+# See bench/README.md.
+set -euo pipefail
+
+CONNS=${CONNS:-32}
+DURATION=${DURATION:-10s}
+THREADS=${THREADS:-2}
+WARMUP=${WARMUP:-2s}
+WRK_THREADS=${WRK_THREADS:-2}
+LOAD_PATH=/v1/models
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
+RESULTS_DIR=$BENCH_DIR/results
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- prerequisites
+have_nginx() { command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]]; }
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+have_nginx || need+=(nginx-light)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [[ -z ${BALLAST_BIN:-} ]]; then
+    command -v cmake >/dev/null 2>&1 || need+=(cmake)
+fi
+if ((${#need[@]})); then
+    SUDO=()
+    if [[ $EUID -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || die "missing ${need[*]} and not root"
+        SUDO=(sudo)
+    fi
+    log "installing: ${need[*]}"
+    "${SUDO[@]}" apt-get update
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y "${need[@]}"
+fi
+NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
+
+if [[ -n ${BALLAST_BIN:-} ]]; then
+    BIN=$BALLAST_BIN
+else
+    log "building ballast (cargo build --release --bin ballast)"
+    (cd "$REPO_DIR" && cargo build --release --bin ballast)
+    BIN=$REPO_DIR/target/release/ballast
+fi
+[[ -x $BIN ]] || die "ballast binary not found: $BIN"
+
+# ---------------------------------------------------------------- work dir, cleanup
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ballast-bench.XXXXXX")
+chmod 755 "$WORK" # nginx workers run as an unprivileged user when started as root
+PIDS=()
+SIGS=()
+
+start_bg() { # start_bg SIGNAL LOGFILE CMD...: run CMD in the background, remember its PID
+    local sig=$1 logf=$2
+    shift 2
+    "$@" >"$logf" 2>&1 &
+    PIDS+=("$!")
+    SIGS+=("$sig")
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local i pid
+    for i in "${!PIDS[@]}"; do
+        kill "-${SIGS[$i]}" "${PIDS[$i]}" 2>/dev/null || true
+    done
+    for i in "${!PIDS[@]}"; do
+        pid=${PIDS[$i]}
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "PID $pid did not stop; sending KILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ $rc -ne 0 ]]; then
+        for f in "$WORK"/*.log; do
+            [[ -s $f ]] || continue
+            log "--- last lines of $(basename "$f") ---"
+            tail -n 20 "$f" >&2 || true
+        done
+        log "work dir kept for inspection: $WORK"
+    elif [[ ${KEEP_WORKDIR:-0} == 1 ]]; then
+        log "work dir kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- ports
+# Bind every port at once so that they are distinct, then release them.
+read -r P1 P2 P3 BALLAST_PORT ADMIN_PORT NGINX_PORT < <(python3 - <<'EOF'
+import socket
+socks = []
+for _ in range(6):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+EOF
+)
+
+wait_http() { # wait_http URL PID WHAT: poll until URL answers 200 (bounded, ~30s)
+    local url=$1 pid=$2 what=$3
+    for _ in $(seq 300); do
+        kill -0 "$pid" 2>/dev/null || die "$what exited during start-up"
+        if [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true) == 200 ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "$what not ready after 30s ($url)"
+}
+
+# ---------------------------------------------------------------- backends
+log "starting 3 simulated backends on ports $P1 $P2 $P3"
+start_bg INT "$WORK/sim.log" env -u RUST_LOG "$BIN" sim \
+    --listen "127.0.0.1:$P1" --listen "127.0.0.1:$P2" --listen "127.0.0.1:$P3"
+SIM_PID=${PIDS[-1]}
+for p in "$P1" "$P2" "$P3"; do
+    wait_http "http://127.0.0.1:$p$LOAD_PATH" "$SIM_PID" "ballast sim"
+done
+
+# ---------------------------------------------------------------- ballast
+cat >"$WORK/ballast.toml" <<EOF
+[server]
+listen = ["127.0.0.1:$BALLAST_PORT"]
+threads = $THREADS
+
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+
+[log]
+level = "warn"   # no per-request access log, like nginx's access_log off
+
+[[pool]]
+name = "sim"
+max_fails = 3
+fail_timeout = "30s"
+
+[[pool.servers]]
+addr = "127.0.0.1:$P1"
+
+[[pool.servers]]
+addr = "127.0.0.1:$P2"
+
+[[pool.servers]]
+addr = "127.0.0.1:$P3"
+
+[[route]]
+name = "all"
+path_prefix = "/"
+pool = "sim"
+EOF
+"$BIN" check --config "$WORK/ballast.toml" >/dev/null || die "ballast rejected the generated config"
+log "starting ballast on port $BALLAST_PORT (admin $ADMIN_PORT, threads $THREADS)"
+# RUST_LOG would override the config's log level: drop it.
+start_bg INT "$WORK/ballast.log" env -u RUST_LOG "$BIN" --config "$WORK/ballast.toml" run
+BALLAST_PID=${PIDS[-1]}
+wait_http "http://127.0.0.1:$ADMIN_PORT/healthz" "$BALLAST_PID" "ballast"
+wait_http "http://127.0.0.1:$BALLAST_PORT$LOAD_PATH" "$BALLAST_PID" "ballast"
+
+# ---------------------------------------------------------------- nginx
+# Temp paths of modules compiled in must point into the work dir; nginx-light
+# may leave some modules out.
+nginx_v=$("$NGINX" -V 2>&1 || true)
+temp_paths="client_body_temp_path $WORK/nginx-body;
+    proxy_temp_path $WORK/nginx-proxy;"
+for m in fastcgi uwsgi scgi; do
+    [[ $nginx_v == *"--without-http_${m}_module"* ]] ||
+        temp_paths+="
+    ${m}_temp_path $WORK/nginx-$m;"
+done
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes $THREADS;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    access_log off;
+    $temp_paths
+
+    upstream sim {
+        least_conn;
+        server 127.0.0.1:$P1 max_fails=3 fail_timeout=30s;
+        server 127.0.0.1:$P2 max_fails=3 fail_timeout=30s;
+        server 127.0.0.1:$P3 max_fails=3 fail_timeout=30s;
+        keepalive 64;
+    }
+
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://sim;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_next_upstream error timeout http_502 http_503 http_504;
+        }
+    }
+}
+EOF
+"$NGINX" -t -q -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf" ||
+    die "nginx rejected the generated config (see $WORK/nginx-error.log)"
+log "starting nginx on port $NGINX_PORT (worker_processes $THREADS)"
+start_bg TERM "$WORK/nginx.log" "$NGINX" -e "$WORK/nginx-error.log" -p "$WORK" \
+    -c "$WORK/nginx.conf" -g 'daemon off;'
+NGINX_PID=${PIDS[-1]}
+wait_http "http://127.0.0.1:$NGINX_PORT$LOAD_PATH" "$NGINX_PID" "nginx"
+
+# ---------------------------------------------------------------- load
+CORES=$(nproc)
+printf '\nsmall-requests: GET %s, wrk -t%s -c%s -d%s --latency (warm-up %s each, not reported)\n' \
+    "$LOAD_PATH" "$WRK_THREADS" "$CONNS" "$DURATION" "$WARMUP"
+printf 'proxy threads/worker_processes: %s; ballast log level warn, nginx access_log off\n' "$THREADS"
+printf 'machine: %s cores (nproc); wrk, the 3 backends (one process) and the proxy all share them\n\n' "$CORES"
+
+TARGETS=(direct ballast nginx)
+declare -A URLS=(
+    [direct]="http://127.0.0.1:$P1$LOAD_PATH"
+    [ballast]="http://127.0.0.1:$BALLAST_PORT$LOAD_PATH"
+    [nginx]="http://127.0.0.1:$NGINX_PORT$LOAD_PATH"
+)
+for t in "${TARGETS[@]}"; do
+    log "$t: warm-up $WARMUP"
+    wrk "-t$WRK_THREADS" "-c$CONNS" "-d$WARMUP" "${URLS[$t]}" >"$WORK/wrk-$t-warmup.txt" 2>&1 ||
+        die "wrk warm-up against $t failed: $(tail -n 3 "$WORK/wrk-$t-warmup.txt")"
+    log "$t: measuring $DURATION"
+    wrk "-t$WRK_THREADS" "-c$CONNS" "-d$DURATION" --latency "${URLS[$t]}" >"$WORK/wrk-$t.txt" 2>&1 ||
+        die "wrk against $t failed: $(tail -n 3 "$WORK/wrk-$t.txt")"
+done
+
+# Proxies still alive after the load?
+kill -0 "$BALLAST_PID" 2>/dev/null || die "ballast died during the run"
+kill -0 "$NGINX_PID" 2>/dev/null || die "nginx died during the run"
+curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" >"$WORK/ballast-metrics.txt" || true
+
+# ---------------------------------------------------------------- report
+mkdir -p "$RESULTS_DIR"
+[[ -f $RESULTS_DIR/.gitignore ]] || printf '*\n!.gitignore\n' >"$RESULTS_DIR/.gitignore"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+JSON_OUT=$RESULTS_DIR/small-requests-$STAMP.json
+REV=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+URL_DIRECT=${URLS[direct]} URL_BALLAST=${URLS[ballast]} URL_NGINX=${URLS[nginx]} \
+    STAMP=$STAMP REV=$REV CORES=$CORES LOAD_PATH=$LOAD_PATH CONNS=$CONNS DURATION=$DURATION \
+    WARMUP=$WARMUP WRK_THREADS=$WRK_THREADS THREADS=$THREADS \
+    python3 - "$WORK" "$JSON_OUT" <<'EOF'
+import json, os, re, sys
+
+work, out = sys.argv[1], sys.argv[2]
+targets = ["direct", "ballast", "nginx"]
+E = os.environ
+urls = {"direct": E["URL_DIRECT"], "ballast": E["URL_BALLAST"], "nginx": E["URL_NGINX"]}
+UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+def parse(text):
+    r = {"latency_ms": {}}
+    for pct, val, unit in re.findall(r"^\s+(\d+(?:\.\d+)?)%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.M):
+        r["latency_ms"]["p%g" % float(pct)] = float(val) * UNIT_MS[unit]
+    m = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    if not m or "p50" not in r["latency_ms"] or "p99" not in r["latency_ms"]:
+        raise SystemExit("cannot parse wrk output:\n" + text)
+    r["req_per_s"] = float(m.group(1))
+    m = re.search(r"^\s*(\d+) requests in ([^,]+),", text, re.M)
+    r["requests"] = int(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    r["non_2xx_3xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    r["socket_errors"] = dict(zip(["connect", "read", "write", "timeout"],
+                                  map(int, m.groups()) if m else [0, 0, 0, 0]))
+    r["errors"] = r["non_2xx_3xx"] + sum(r["socket_errors"].values())
+    return r
+
+res = {}
+for t in targets:
+    with open(f"{work}/wrk-{t}.txt") as f:
+        text = f.read()
+    res[t] = parse(text)
+    res[t]["url"] = urls[t]
+    res[t]["wrk_output"] = text
+
+d = res["direct"]
+def ratio(a, b):
+    return a / b if b else float("nan")
+for t in targets:
+    r = res[t]
+    r["req_per_s_vs_direct"] = ratio(r["req_per_s"], d["req_per_s"])
+    r["p99_vs_direct"] = ratio(r["latency_ms"]["p99"], d["latency_ms"]["p99"])
+
+b, n = res["ballast"], res["nginx"]
+rps_ratio = ratio(b["req_per_s"], n["req_per_s"])
+p99_ratio = ratio(b["latency_ms"]["p99"], n["latency_ms"]["p99"])
+
+lines = ["%-9s %10s %8s %8s %16s %14s %7s" % (
+    "target", "req/s", "p50(ms)", "p99(ms)", "req/s vs direct", "p99 vs direct", "errors")]
+for t in targets:
+    r = res[t]
+    lines.append("%-9s %10.0f %8.3f %8.3f %16.2f %14.2f %7d" % (
+        t, r["req_per_s"], r["latency_ms"]["p50"], r["latency_ms"]["p99"],
+        r["req_per_s_vs_direct"], r["p99_vs_direct"], r["errors"]))
+lines.append("ballast/nginx req/s ratio: %.2f   p99 ratio: %.2f" % (rps_ratio, p99_ratio))
+for t in targets:
+    r = res[t]
+    if r["errors"]:
+        se = r["socket_errors"]
+        lines.append("  %s errors: non-2xx/3xx %d, socket connect %d read %d write %d timeout %d" % (
+            t, r["non_2xx_3xx"], se["connect"], se["read"], se["write"], se["timeout"]))
+print("\n".join(lines))
+
+doc = {
+    "benchmark": "small-requests",
+    "timestamp": E["STAMP"],
+    "ballast_rev": E["REV"],
+    "machine": {"nproc": int(E["CORES"]), "note": "wrk, the backends and the proxy share these cores"},
+    "params": {"path": E["LOAD_PATH"], "conns": int(E["CONNS"]), "duration": E["DURATION"],
+               "warmup": E["WARMUP"], "wrk_threads": int(E["WRK_THREADS"]),
+               "proxy_threads": int(E["THREADS"])},
+    "results": res,
+    "ballast_vs_nginx": {"req_per_s_ratio": rps_ratio, "p99_ratio": p99_ratio},
+}
+with open(out, "w") as f:
+    json.dump(doc, f, indent=2)
+EOF
+
+# Anything the proxies complained about during the run.
+for f in ballast.log nginx-error.log; do
+    if [[ -s $WORK/$f ]]; then
+        printf '\n%s: %s line(s) logged, last ones:\n' "$f" "$(wc -l <"$WORK/$f")"
+        tail -n 5 "$WORK/$f"
+    fi
+done
+printf '\nJSON: %s\n' "$JSON_OUT"
