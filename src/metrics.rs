@@ -6,6 +6,7 @@ use prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
     IntCounterVec, IntGaugeVec,
 };
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 /// Buckets for whole requests and time to first byte: model calls range from
@@ -94,7 +95,7 @@ pub fn init() {
 
 pub fn request_done(route: &str, status: u16, seconds: f64) {
     REQUESTS
-        .with_label_values(&[route, status_label(status)])
+        .with_label_values(&[route, &status_label(status)])
         .inc();
     REQUEST_DURATION
         .with_label_values(&[route])
@@ -137,32 +138,14 @@ pub fn render() -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// Static strings for common statuses avoid an allocation per request.
-fn status_label(status: u16) -> &'static str {
-    const KNOWN: &[(u16, &str)] = &[
-        (200, "200"),
-        (201, "201"),
-        (204, "204"),
-        (400, "400"),
-        (401, "401"),
-        (403, "403"),
-        (404, "404"),
-        (413, "413"),
-        (429, "429"),
-        (500, "500"),
-        (502, "502"),
-        (503, "503"),
-        (504, "504"),
-    ];
-    KNOWN
-        .iter()
-        .find(|(s, _)| *s == status)
-        .map(|(_, l)| *l)
-        .unwrap_or_else(|| match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        })
+/// "100" ..= "599", made once: status labels are taken on every request.
+static STATUS_LABELS: LazyLock<Vec<String>> =
+    LazyLock::new(|| (100..600).map(|c: u16| c.to_string()).collect());
+
+/// A status code as a label value, without allocating for real statuses.
+pub fn status_label(code: u16) -> Cow<'static, str> {
+    match STATUS_LABELS.get(usize::from(code).wrapping_sub(100)) {
+        Some(label) => Cow::Borrowed(label.as_str()),
+        None => code.to_string().into(),
+    }
 }

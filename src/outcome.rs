@@ -2,6 +2,8 @@
 //! server's health. Retry decisions build on the same classification.
 
 use crate::config::RetryOn;
+use crate::metrics;
+use std::borrow::Cow;
 
 /// The result of one attempt, as far as the server's health is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,13 +29,14 @@ impl Outcome {
         }
     }
 
-    /// Label for `ballast_upstream_attempts_total{outcome}`.
-    pub fn label(self) -> String {
+    /// Label for `ballast_upstream_attempts_total{outcome}`: the status
+    /// code, or the kind of failure.
+    pub fn label(self) -> Cow<'static, str> {
         match self {
             Outcome::ConnectError => "connect_error".into(),
             Outcome::Timeout => "timeout".into(),
             Outcome::Reset => "reset".into(),
-            Outcome::Status(code) => code.to_string(),
+            Outcome::Status(code) => metrics::status_label(code),
         }
     }
 
@@ -69,5 +72,9 @@ mod tests {
     fn labels() {
         assert_eq!(Outcome::Status(429).label(), "429");
         assert_eq!(Outcome::ConnectError.label(), "connect_error");
+        assert_eq!(Outcome::Status(100).label(), "100");
+        assert_eq!(Outcome::Status(599).label(), "599");
+        assert_eq!(Outcome::Status(600).label(), "600");
+        assert_eq!(Outcome::Status(42).label(), "42");
     }
 }

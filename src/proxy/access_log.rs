@@ -3,17 +3,22 @@
 
 use super::respond::Forwarded;
 use crate::metrics;
+use crate::pool::Server;
+use http::{Method, Uri};
 use pingora_core::protocols::http::ServerSession;
+use std::sync::Arc;
 use std::time::Instant;
 
-pub struct AccessLog {
+/// Facts about one request, gathered as it goes; cheap to fill (no string
+/// is built unless the line is actually logged).
+pub struct AccessLog<'a> {
     pub start: Instant,
-    method: String,
-    path: String,
-    pub route: Option<String>,
-    pub pool: Option<String>,
-    /// The last server tried.
-    pub server: Option<String>,
+    method: Method,
+    uri: Uri,
+    pub route: Option<&'a str>,
+    pub pool: Option<&'a str>,
+    /// Every server tried, in order.
+    pub servers: Vec<Arc<Server>>,
     pub status: u16,
     pub attempts: u32,
     /// Gateway error code, when the gateway answered itself.
@@ -21,16 +26,16 @@ pub struct AccessLog {
     pub forwarded: Option<Forwarded>,
 }
 
-impl AccessLog {
+impl AccessLog<'_> {
     pub fn new(session: &ServerSession) -> Self {
         let req = session.req_header();
         AccessLog {
             start: Instant::now(),
-            method: req.method.to_string(),
-            path: req.uri.path().chars().take(256).collect(),
+            method: req.method.clone(),
+            uri: req.uri.clone(),
             route: None,
             pool: None,
-            server: None,
+            servers: Vec::new(),
             status: 0,
             attempts: 0,
             error: None,
@@ -41,22 +46,51 @@ impl AccessLog {
     pub fn finish(&self) {
         let duration = self.start.elapsed();
         // Requests no route matched are counted under route="none".
-        let route = self.route.as_deref().unwrap_or("none");
+        let route = self.route.unwrap_or("none");
         // Nothing was answered: the client went away first (nginx's 499).
         let status = if self.status == 0 { 499 } else { self.status };
         metrics::request_done(route, status, duration.as_secs_f64());
         tracing::info!(
             target: "ballast::access",
             method = %self.method,
-            path = %self.path,
+            path = %Bounded(self.uri.path()),
             route,
-            pool = self.pool.as_deref().unwrap_or(""),
-            server = self.server.as_deref().unwrap_or(""),
+            pool = self.pool.unwrap_or(""),
+            servers = %Servers(&self.servers),
             status,
             attempts = self.attempts,
             duration_ms = duration.as_secs_f64() * 1000.0,
             error = self.error.unwrap_or(""),
             end = self.forwarded.map_or("", Forwarded::label),
         );
+    }
+}
+
+/// A client-supplied string, cut to a sane length for the log.
+struct Bounded<'a>(&'a str);
+
+impl std::fmt::Display for Bounded<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let end = self
+            .0
+            .char_indices()
+            .nth(256)
+            .map_or(self.0.len(), |(i, _)| i);
+        f.write_str(&self.0[..end])
+    }
+}
+
+/// Servers tried, comma-separated.
+struct Servers<'a>(&'a [Arc<Server>]);
+
+impl std::fmt::Display for Servers<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(&s.addr)?;
+        }
+        Ok(())
     }
 }

@@ -9,6 +9,7 @@ use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_timeout::fast_timeout::fast_timeout;
 use std::time::{Duration, Instant};
 
 /// A backend answered: head and first body bytes in hand, body still open
@@ -129,7 +130,7 @@ async fn exchange(
         }
         Ok(first)
     };
-    let first = match tokio::time::timeout(limits.first_byte, work).await {
+    let first = match fast_timeout(limits.first_byte, work).await {
         Ok(Ok(first)) => first,
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err((Outcome::Timeout, false)),

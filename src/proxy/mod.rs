@@ -23,6 +23,7 @@ use pingora_core::apps::{
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
+use pingora_timeout::fast_timeout::fast_timeout;
 use request::ReadError;
 use respond::Forwarded;
 use std::sync::Arc;
@@ -50,7 +51,7 @@ impl Gateway {
     }
 
     /// Serve one request; returns whether the client connection may be reused.
-    async fn handle(&self, session: &mut ServerSession, log: &mut AccessLog) -> bool {
+    async fn handle<'a>(&'a self, session: &mut ServerSession, log: &mut AccessLog<'a>) -> bool {
         let limits = &self.config.limits;
         if let Err(e) = request::check_head(session.req_header(), limits) {
             return self.reject(session, log, &e).await;
@@ -65,8 +66,8 @@ impl Gateway {
         };
         let route = &self.config.routes[route_idx];
         let pool = &self.pools[route.pool];
-        log.route = Some(route.name.clone());
-        log.pool = Some(pool.name.clone());
+        log.route = Some(&route.name);
+        log.pool = Some(&pool.name);
 
         let deadline = log.start + route.timeouts.total;
         if request::expects_continue(session.req_header()) {
@@ -75,8 +76,8 @@ impl Gateway {
                 return false;
             }
         }
-        let body = match tokio::time::timeout_at(
-            deadline.into(),
+        let body = match fast_timeout(
+            deadline.saturating_duration_since(Instant::now()),
             request::read_body(session, limits.max_request_body),
         )
         .await
@@ -118,7 +119,7 @@ impl Gateway {
     async fn attempt_loop(
         &self,
         session: &mut ServerSession,
-        log: &mut AccessLog,
+        log: &mut AccessLog<'_>,
         route: &RouteConfig,
         pool: &Pool,
         up_req: &pingora_http::RequestHeader,
@@ -147,7 +148,7 @@ impl Gateway {
             };
             let server = lease.server().clone();
             log.attempts += 1;
-            log.server = Some(server.addr.clone());
+            log.servers.push(server.clone());
             let limits = attempt::Limits {
                 connect: route.timeouts.connect.min(remaining),
                 first_byte: route.timeouts.first_byte.min(remaining),
@@ -204,7 +205,7 @@ impl Gateway {
     async fn reply(
         &self,
         session: &mut ServerSession,
-        log: &mut AccessLog,
+        log: &mut AccessLog<'_>,
         err: &GatewayError,
     ) -> bool {
         log.status = err.status;
@@ -216,7 +217,7 @@ impl Gateway {
     async fn reject(
         &self,
         session: &mut ServerSession,
-        log: &mut AccessLog,
+        log: &mut AccessLog<'_>,
         err: &GatewayError,
     ) -> bool {
         session.set_keepalive(None);

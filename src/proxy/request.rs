@@ -7,6 +7,7 @@ use crate::error::GatewayError;
 use bytes::{Bytes, BytesMut};
 use pingora_core::protocols::http::ServerSession;
 use pingora_http::RequestHeader;
+use pingora_timeout::fast_timeout::fast_timeout;
 
 /// What went wrong reading the request.
 pub enum ReadError {
@@ -19,7 +20,7 @@ pub enum ReadError {
 /// Read the request head. `Ok(false)`: the client closed a kept-alive
 /// connection cleanly.
 pub async fn read_head(session: &mut ServerSession, limits: &Limits) -> Result<bool, ReadError> {
-    match tokio::time::timeout(limits.header_timeout, session.read_request()).await {
+    match fast_timeout(limits.header_timeout, session.read_request()).await {
         Ok(Ok(read)) => Ok(read),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "reading request head failed");
@@ -39,7 +40,8 @@ pub fn head_bytes(req: &RequestHeader) -> u64 {
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    (req.uri.to_string().len() + headers) as u64
+    let target = req.uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+    (target + headers) as u64
 }
 
 pub fn check_head(req: &RequestHeader, limits: &Limits) -> Result<(), GatewayError> {

@@ -10,6 +10,7 @@ use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::ResponseHeader;
+use pingora_timeout::fast_timeout::fast_timeout;
 use std::time::Duration;
 
 /// How long an idle pooled backend connection is kept.
@@ -95,7 +96,7 @@ pub async fn forward(
     }
     let mut finished = done;
     while !finished {
-        match tokio::time::timeout(stream_idle, upstream.read_response_body()).await {
+        match fast_timeout(stream_idle, upstream.read_response_body()).await {
             Ok(Ok(Some(chunk))) => {
                 if chunk.is_empty() {
                     continue;
