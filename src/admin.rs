@@ -46,7 +46,8 @@ impl Admin {
         for pool in &self.pools {
             for s in &pool.servers {
                 let up = s.availability(now).is_usable();
-                metrics::set_server_state(&pool.name, &s.addr, s.outstanding(), up);
+                let cooling = s.cooldown_left(now).as_secs_f64();
+                metrics::set_server_state(&pool.name, &s.addr, s.outstanding(), up, cooling);
             }
         }
     }

@@ -3,8 +3,8 @@
 //! crate's default registry, the same one Pingora uses.
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
-    IntCounterVec, IntGaugeVec,
+    register_gauge_vec, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
+    GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec,
 };
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -82,6 +82,24 @@ static EJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric ballast_upstream_ejections_total registers")
 });
 
+static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_retries_total",
+        "Retries by route and the outcome that caused them; reason=\"budget_exhausted\" counts retries the retry budget refused",
+        &["route", "reason"]
+    )
+    .expect("metric ballast_retries_total registers")
+});
+
+static COOLDOWN: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "ballast_upstream_cooldown_seconds",
+        "Seconds left in a server's Retry-After cooldown (0: not cooling)",
+        &["pool", "server"]
+    )
+    .expect("metric ballast_upstream_cooldown_seconds registers")
+});
+
 /// Touch every metric so they all appear in the first scrape.
 pub fn init() {
     LazyLock::force(&REQUESTS);
@@ -91,6 +109,12 @@ pub fn init() {
     LazyLock::force(&OUTSTANDING);
     LazyLock::force(&UP);
     LazyLock::force(&EJECTIONS);
+    LazyLock::force(&RETRIES);
+    LazyLock::force(&COOLDOWN);
+}
+
+pub fn retry(route: &str, reason: &str) {
+    RETRIES.with_label_values(&[route, reason]).inc();
 }
 
 pub fn request_done(route: &str, status: u16, seconds: f64) {
@@ -117,14 +141,17 @@ pub fn upstream_ejected(pool: &str, server: &str) {
 /// Make sure a server's series exist from start-up, at zero.
 pub fn register_server(pool: &str, server: &str) {
     EJECTIONS.with_label_values(&[pool, server]);
-    set_server_state(pool, server, 0, true);
+    set_server_state(pool, server, 0, true, 0.0);
 }
 
-pub fn set_server_state(pool: &str, server: &str, outstanding: u32, up: bool) {
+pub fn set_server_state(pool: &str, server: &str, outstanding: u32, up: bool, cooldown_secs: f64) {
     OUTSTANDING
         .with_label_values(&[pool, server])
         .set(i64::from(outstanding));
     UP.with_label_values(&[pool, server]).set(i64::from(up));
+    COOLDOWN
+        .with_label_values(&[pool, server])
+        .set(cooldown_secs);
 }
 
 /// Text exposition of every registered metric.

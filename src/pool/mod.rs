@@ -36,6 +36,9 @@ pub struct Server {
 struct ServerState {
     ejection: Ejection,
     health: HealthState,
+    /// Told to come back later (429, or 503 with Retry-After): skipped by
+    /// every request until then.
+    cooldown_until: Option<Instant>,
 }
 
 impl ServerState {
@@ -44,9 +47,12 @@ impl ServerState {
             return Availability::Down;
         }
         match self.ejection.admission(now) {
+            Admission::Closed { until } => Availability::Ejected { until },
+            _ if self.cooldown_until.is_some_and(|u| now < u) => Availability::Cooling {
+                until: self.cooldown_until.unwrap_or(now),
+            },
             Admission::Open => Availability::Usable,
             Admission::Probe => Availability::Probe,
-            Admission::Closed { until } => Availability::Ejected { until },
         }
     }
 }
@@ -65,6 +71,7 @@ impl Server {
             state: Mutex::new(ServerState {
                 ejection: Ejection::new(pool.max_fails, pool.fail_timeout),
                 health: HealthState::new(rise, fall),
+                cooldown_until: None,
             }),
         }
     }
@@ -140,6 +147,22 @@ impl Server {
         }
     }
 
+    /// The backend asked for a pause: skip it until `until` (a later
+    /// cooldown already in force stands).
+    pub fn cool_until(&self, until: Instant) {
+        let mut st = self.state();
+        if st.cooldown_until.is_none_or(|u| u < until) {
+            st.cooldown_until = Some(until);
+        }
+    }
+
+    /// Time left in a cooldown (zero when not cooling).
+    pub fn cooldown_left(&self, now: Instant) -> Duration {
+        self.state()
+            .cooldown_until
+            .map_or(Duration::ZERO, |u| u.saturating_duration_since(now))
+    }
+
     /// Feed one active health check result.
     pub fn record_health(&self, passed: bool) -> Transition {
         let mut st = self.state();
@@ -168,6 +191,10 @@ impl Server {
             max_conns: self.max_conns,
             fails: st.ejection.fails(),
             ejected_for_ms: ejected_for.map(|d| d.as_millis() as u64),
+            cooldown_for_ms: st
+                .cooldown_until
+                .filter(|u| *u > now)
+                .map(|u| u.saturating_duration_since(now).as_millis() as u64),
             ejected_until: ejected_for.map(|d| {
                 humantime::format_rfc3339_millis(std::time::SystemTime::now() + d).to_string()
             }),
@@ -184,6 +211,10 @@ pub enum Availability {
     Ejected {
         until: Option<Instant>,
     },
+    /// Asked to come back later (Retry-After / 429).
+    Cooling {
+        until: Instant,
+    },
     /// Failing active health checks.
     Down,
 }
@@ -198,6 +229,7 @@ impl Availability {
             Availability::Usable => "up",
             Availability::Probe => "probing",
             Availability::Ejected { .. } => "ejected",
+            Availability::Cooling { .. } => "cooling",
             Availability::Down => "down",
         }
     }
@@ -218,6 +250,8 @@ pub struct ServerStatus {
     pub ejected_for_ms: Option<u64>,
     /// The same moment as a wall-clock RFC 3339 time.
     pub ejected_until: Option<String>,
+    /// Milliseconds left in a Retry-After cooldown.
+    pub cooldown_for_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -295,8 +329,9 @@ impl Pool {
         })
     }
 
-    /// When the earliest server can be expected back.
-    fn retry_after(&self, now: Instant) -> Duration {
+    /// When the earliest server can be expected back: the honest
+    /// `Retry-After` when none can take a request now.
+    pub fn retry_after(&self, now: Instant) -> Duration {
         let health_back = self
             .health
             .as_ref()
@@ -305,13 +340,42 @@ impl Pool {
         self.servers
             .iter()
             .map(|s| match s.availability(now) {
-                Availability::Ejected { until: Some(u) } => u.saturating_duration_since(now),
+                Availability::Ejected { until: Some(u) } | Availability::Cooling { until: u } => {
+                    u.saturating_duration_since(now)
+                }
                 Availability::Down => health_back,
                 // Usable but at its cap, or waiting on a probe: soon.
                 _ => Duration::from_secs(1),
             })
             .min()
             .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// How long until some server can take a request again: zero if one
+    /// can now, the end of the earliest cooldown if they are only cooling.
+    /// `None` if every server is down or ejected: those are broken, not
+    /// busy, and a request is not held waiting for them.
+    pub fn until_ready(&self, now: Instant) -> Option<Duration> {
+        self.servers
+            .iter()
+            .filter_map(|s| match s.availability(now) {
+                a if a.is_usable() => s.under_cap().then_some(Duration::ZERO),
+                Availability::Cooling { until } => Some(until.saturating_duration_since(now)),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// How long until a server that is only cooling down (up, not ejected)
+    /// can take requests; `None` if no server is cooling.
+    pub fn until_cooled(&self, now: Instant) -> Option<Duration> {
+        self.servers
+            .iter()
+            .filter_map(|s| match s.availability(now) {
+                Availability::Cooling { until } => Some(until.saturating_duration_since(now)),
+                _ => None,
+            })
+            .min()
     }
 
     /// A server this request has not tried could take it now.

@@ -145,3 +145,41 @@ fn retry_prefers_untried() {
         assert_eq!(p.acquire(now, &[0]).unwrap().index(), 1);
     }
 }
+
+#[test]
+fn cooling_server_is_skipped_until_its_cooldown_ends() {
+    let p = pool(&[(1, 1), (2, 1)], 3);
+    let t0 = Instant::now();
+    p.servers[0].cool_until(t0 + Duration::from_secs(2));
+    for _ in 0..20 {
+        assert_eq!(p.acquire(t0, &[]).unwrap().index(), 1);
+    }
+    assert_eq!(p.servers[0].snapshot(t0).state, "cooling");
+    assert_eq!(p.servers[0].cooldown_left(t0), Duration::from_secs(2));
+    // A shorter cooldown does not cut a longer one short.
+    p.servers[0].cool_until(t0 + Duration::from_secs(1));
+    assert_eq!(p.servers[0].cooldown_left(t0), Duration::from_secs(2));
+    let later = t0 + Duration::from_secs(2);
+    assert_eq!(p.servers[0].availability(later), Availability::Usable);
+}
+
+#[test]
+fn waits_are_known_for_cooling_servers_only() {
+    let p = pool(&[(1, 1), (2, 1)], 1);
+    let t0 = Instant::now();
+    assert_eq!(p.until_ready(t0), Some(Duration::ZERO));
+    assert_eq!(p.until_cooled(t0), None);
+    p.servers[0].cool_until(t0 + Duration::from_secs(3));
+    p.servers[1].record(true, t0); // ejected for 10s
+    assert_eq!(p.until_ready(t0), Some(Duration::from_secs(3)));
+    assert_eq!(p.until_cooled(t0), Some(Duration::from_secs(3)));
+    assert_eq!(p.retry_after(t0), Duration::from_secs(3));
+    // Once the cooldown is over only the ejected server is out.
+    let later = t0 + Duration::from_secs(3);
+    assert_eq!(p.until_ready(later), Some(Duration::ZERO));
+    // An ejected server is broken, not busy: nobody waits for it.
+    let q = pool(&[(1, 1)], 1);
+    q.servers[0].record(true, t0);
+    assert_eq!(q.until_ready(t0), None);
+    assert_eq!(q.retry_after(t0), Duration::from_secs(10));
+}

@@ -4,19 +4,18 @@
 
 mod access_log;
 mod attempt;
+mod attempt_loop;
 mod headers;
 mod request;
 mod respond;
 
-use crate::config::{Config, RouteConfig};
+use crate::config::Config;
 use crate::error::GatewayError;
-use crate::outcome::Outcome;
 use crate::pool::Pool;
+use crate::retry::RetryBudget;
 use crate::route::RouteTable;
-use crate::{metrics, retry};
 use access_log::AccessLog;
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora_core::apps::{
     HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
 };
@@ -25,13 +24,14 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_timeout::fast_timeout::fast_timeout;
 use request::ReadError;
-use respond::Forwarded;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub struct Gateway {
     config: Arc<Config>,
     routes: RouteTable,
+    /// Per route, in config order: the retry budget.
+    budgets: Vec<Mutex<RetryBudget>>,
     pools: Vec<Arc<Pool>>,
     connector: Connector,
     server_options: HttpServerOptions,
@@ -41,8 +41,14 @@ impl Gateway {
     pub fn new(config: Arc<Config>, pools: Vec<Arc<Pool>>) -> Self {
         let mut server_options = HttpServerOptions::default();
         server_options.h2c = true;
+        let now = Instant::now();
         Gateway {
             routes: RouteTable::new(&config.routes),
+            budgets: config
+                .routes
+                .iter()
+                .map(|r| Mutex::new(RetryBudget::new(r.retry.budget, now)))
+                .collect(),
             config,
             pools,
             connector: Connector::new(None),
@@ -111,93 +117,13 @@ impl Gateway {
                 return self.reject(session, log, &err).await;
             }
         };
-        self.attempt_loop(session, log, route, pool, &up_req, &body, deadline)
-            .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn attempt_loop(
-        &self,
-        session: &mut ServerSession,
-        log: &mut AccessLog<'_>,
-        route: &RouteConfig,
-        pool: &Pool,
-        up_req: &pingora_http::RequestHeader,
-        body: &Bytes,
-        deadline: Instant,
-    ) -> bool {
-        let mut tried: Vec<usize> = Vec::new();
-        let mut last: Option<Outcome> = None;
-        loop {
-            let now = Instant::now();
-            let remaining = deadline.saturating_duration_since(now);
-            if remaining.is_zero() {
-                return self
-                    .reply(session, log, &GatewayError::deadline(&route.name))
-                    .await;
-            }
-            let mut lease = match pool.acquire(now, &tried) {
-                Ok(l) => l,
-                Err(no) => {
-                    let err = match last {
-                        Some(o) => failure_error(&pool.name, o),
-                        None => GatewayError::no_capacity(&pool.name, no.retry_after),
-                    };
-                    return self.reply(session, log, &err).await;
-                }
-            };
-            let server = lease.server().clone();
-            log.attempts += 1;
-            log.servers.push(server.clone());
-            let limits = attempt::Limits {
-                connect: route.timeouts.connect.min(remaining),
-                first_byte: route.timeouts.first_byte.min(remaining),
-            };
-            let sent_at = Instant::now();
-            let result = attempt::run(&self.connector, server.peer(), up_req, body, &limits).await;
-            let outcome = match &result {
-                Ok(answer) => Outcome::Status(answer.head.status.as_u16()),
-                Err(o) => *o,
-            };
-            let now = Instant::now();
-            lease.record(outcome, now);
-            metrics::attempt(&pool.name, &server.addr, &outcome.label());
-            tried.push(lease.index());
-            last = Some(outcome);
-
-            let untried_left = pool.has_untried_usable(now, &tried);
-            if retry::should_retry(&route.retry, outcome, log.attempts, untried_left) {
-                tracing::debug!(route = %route.name, server = %server.addr, outcome = %outcome.label(), "retrying on another server");
-                continue;
-            }
-            let answer = match result {
-                Ok(answer) => answer,
-                Err(o) => {
-                    return self
-                        .reply(session, log, &failure_error(&pool.name, o))
-                        .await
-                }
-            };
-            metrics::first_byte(
-                &pool.name,
-                answer
-                    .first_byte_at
-                    .saturating_duration_since(sent_at)
-                    .as_secs_f64(),
-            );
-            log.status = answer.head.status.as_u16();
-            let end = respond::forward(
-                session,
-                answer,
-                &self.connector,
-                server.peer(),
-                route.timeouts.stream_idle,
-            )
-            .await;
-            log.forwarded = Some(end);
-            drop(lease);
-            return end == Forwarded::Complete;
-        }
+        let request = attempt_loop::Request {
+            route_idx,
+            head: &up_req,
+            body: &body,
+            deadline,
+        };
+        self.attempt_loop(session, log, request).await
     }
 
     /// Answer with a gateway error; the connection stays usable if the
@@ -223,14 +149,6 @@ impl Gateway {
         session.set_keepalive(None);
         self.reply(session, log, err).await;
         false
-    }
-}
-
-/// The client's answer when the last attempt failed without a response.
-fn failure_error(pool: &str, outcome: Outcome) -> GatewayError {
-    match outcome {
-        Outcome::Timeout => GatewayError::upstream_timeout(pool),
-        _ => GatewayError::upstream_failed(pool),
     }
 }
 

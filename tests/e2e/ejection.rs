@@ -101,10 +101,22 @@ async fn successful_probe_returns_the_server() {
 async fn client_errors_and_429_never_eject() {
     let busy = sim("busy").await;
     let server = busy.addr().to_string();
-    let gw = Gateway::one_pool(
-        std::slice::from_ref(&server),
-        "max_fails = 1\nfail_timeout = \"30s\"",
-    )
+    // One attempt per request, and 429 cooldowns capped short: this test
+    // is about ejection only.
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        pool_toml(
+            "p",
+            std::slice::from_ref(&server),
+            "max_fails = 1\nfail_timeout = \"30s\""
+        ),
+        route_toml(
+            "r",
+            "/",
+            "p",
+            "[route.retry]\nattempts = 1\nbackoff_base = \"10ms\"\nbackoff_max = \"20ms\""
+        )
+    ))
     .await;
 
     for code in [429, 400, 404, 413] {

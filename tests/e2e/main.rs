@@ -10,3 +10,4 @@ mod health;
 mod leases;
 mod prometheus;
 mod proxying;
+mod retries;
