@@ -100,6 +100,58 @@ static COOLDOWN: LazyLock<GaugeVec> = LazyLock::new(|| {
     .expect("metric ballast_upstream_cooldown_seconds registers")
 });
 
+static STREAMS_ACTIVE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "ballast_streams_active",
+        "Open event streams (sse) and spliced upgraded connections (websocket)",
+        &["kind"]
+    )
+    .expect("metric ballast_streams_active registers")
+});
+
+static STREAM_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "ballast_stream_duration_seconds",
+        "How long event streams and WebSocket connections stayed open",
+        &["kind"],
+        vec![0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 86400.0]
+    )
+    .expect("metric ballast_stream_duration_seconds registers")
+});
+
+static STREAM_ABORTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_stream_aborts_total",
+        "Responses cut off after bytes reached the client, by reason",
+        &["reason"]
+    )
+    .expect("metric ballast_stream_aborts_total registers")
+});
+
+/// Counts one open stream in `ballast_streams_active` while it lives.
+pub struct ActiveStream(&'static str);
+
+impl ActiveStream {
+    pub fn new(kind: &'static str) -> Self {
+        STREAMS_ACTIVE.with_label_values(&[kind]).inc();
+        ActiveStream(kind)
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        STREAMS_ACTIVE.with_label_values(&[self.0]).dec();
+    }
+}
+
+pub fn stream_done(kind: &str, seconds: f64) {
+    STREAM_DURATION.with_label_values(&[kind]).observe(seconds);
+}
+
+pub fn stream_abort(reason: &str) {
+    STREAM_ABORTS.with_label_values(&[reason]).inc();
+}
+
 /// Touch every metric so they all appear in the first scrape.
 pub fn init() {
     LazyLock::force(&REQUESTS);
@@ -111,6 +163,12 @@ pub fn init() {
     LazyLock::force(&EJECTIONS);
     LazyLock::force(&RETRIES);
     LazyLock::force(&COOLDOWN);
+    LazyLock::force(&STREAMS_ACTIVE);
+    LazyLock::force(&STREAM_DURATION);
+    LazyLock::force(&STREAM_ABORTS);
+    for kind in ["sse", "websocket"] {
+        STREAMS_ACTIVE.with_label_values(&[kind]);
+    }
 }
 
 pub fn retry(route: &str, reason: &str) {

@@ -13,7 +13,7 @@ use pingora_timeout::fast_timeout::fast_timeout;
 use std::time::{Duration, Instant};
 
 /// A backend answered: head and first body bytes in hand, body still open
-/// on `session` unless `done`.
+/// on `session` unless `done`. A `101` head means the upgrade was accepted.
 pub struct Answer {
     pub session: HttpSession,
     pub head: ResponseHeader,
@@ -103,17 +103,17 @@ async fn exchange(
             .finish_request_body()
             .await
             .map_err(|e| (classify(&e), true))?;
-        // Informational (1xx) heads are skipped.
+        // Informational (1xx) heads are skipped, except a 101 that accepts
+        // an upgrade: what follows it is the upgraded protocol, not a body.
         loop {
             session
                 .read_response_header()
                 .await
                 .map_err(|e| (classify(&e), true))?;
-            let informational = session
-                .response_header()
-                .is_some_and(|h| h.status.is_informational());
-            if !informational {
-                break;
+            match session.response_header().map(|h| h.status.as_u16()) {
+                Some(101) => return Ok(None),
+                Some(100..=199) => continue,
+                _ => break,
             }
         }
         let mut first = None;
@@ -139,7 +139,7 @@ async fn exchange(
         Some(h) => h.clone(),
         None => return Err((Outcome::Reset, false)),
     };
-    let done = session.response_done();
+    let done = head.status != 101 && session.response_done();
     Ok(Answer {
         session,
         head,

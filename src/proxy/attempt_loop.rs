@@ -6,6 +6,7 @@
 use super::access_log::AccessLog;
 use super::attempt::{self, Answer};
 use super::respond::{self, Forwarded};
+use super::upgrade;
 use super::Gateway;
 use crate::error::{retry_after_secs, GatewayError};
 use crate::metrics;
@@ -52,7 +53,12 @@ impl Gateway {
                     // Servers that only asked for a pause come back by
                     // themselves: wait for them if the deadline allows.
                     if let Some(cooled) = pool.until_cooled(now).filter(|d| *d < remaining) {
-                        tokio::time::sleep(cooled).await;
+                        if unless_client_leaves(session, tokio::time::sleep(cooled))
+                            .await
+                            .is_none()
+                        {
+                            return false;
+                        }
                         continue;
                     }
                     let err = match last {
@@ -73,8 +79,12 @@ impl Gateway {
                 first_byte: route.timeouts.first_byte.min(remaining),
             };
             let sent_at = Instant::now();
-            let result =
-                attempt::run(&self.connector, server.peer(), req.head, req.body, &limits).await;
+            let attempt = attempt::run(&self.connector, server.peer(), req.head, req.body, &limits);
+            // A client that leaves cancels the attempt: its connection is
+            // closed (the backend can stop) and the lease released.
+            let Some(result) = unless_client_leaves(session, attempt).await else {
+                return false;
+            };
             let now = Instant::now();
             let outcome = match &result {
                 Ok(answer) => Outcome::Status(answer.head.status.as_u16()),
@@ -117,7 +127,12 @@ impl Gateway {
                     // Free the server (and the connection) while we wait.
                     drop(result);
                     drop(lease);
-                    tokio::time::sleep(wait).await;
+                    if unless_client_leaves(session, tokio::time::sleep(wait))
+                        .await
+                        .is_none()
+                    {
+                        return false;
+                    }
                     waits += 1;
                 }
                 Next::Stop(stop) => {
@@ -148,14 +163,18 @@ impl Gateway {
                     );
                     let answer = honest_busy(answer, outcome, pool, now);
                     log.status = answer.head.status.as_u16();
-                    let end = respond::forward(
-                        session,
-                        answer,
-                        &self.connector,
-                        server.peer(),
-                        route.timeouts.stream_idle,
-                    )
-                    .await;
+                    let end = if answer.head.status == 101 {
+                        upgrade::splice(session, answer, route.timeouts.websocket_idle).await
+                    } else {
+                        respond::forward(
+                            session,
+                            answer,
+                            &self.connector,
+                            server.peer(),
+                            route.timeouts.stream_idle,
+                        )
+                        .await
+                    };
                     log.forwarded = Some(end);
                     drop(lease);
                     return end == Forwarded::Complete;
@@ -168,6 +187,27 @@ impl Gateway {
         self.budgets[route_idx]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Run `work` unless the client closes its connection first (`None`). The
+/// request body has been read whole, so any activity on the client side
+/// before we answer means it went away.
+async fn unless_client_leaves<F: std::future::Future>(
+    session: &mut ServerSession,
+    work: F,
+) -> Option<F::Output> {
+    if session.is_upgrade_req() {
+        // An upgrading client may already send the new protocol's bytes;
+        // they stay unread until the backend accepts the switch.
+        return Some(work.await);
+    }
+    tokio::select! {
+        out = work => Some(out),
+        _ = session.read_body_or_idle(true) => {
+            tracing::debug!("client left before the answer");
+            None
+        }
     }
 }
 

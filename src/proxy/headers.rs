@@ -42,6 +42,8 @@ pub struct Forwarding<'a> {
     /// Pool's injected `Authorization` value.
     pub authorization: Option<&'a str>,
     pub body_len: usize,
+    /// The client asks to switch protocols (WebSocket): keep `Upgrade`.
+    pub upgrade: bool,
 }
 
 /// Build the request head sent to the backend (always HTTP/1.1).
@@ -104,6 +106,13 @@ pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding<'_>) -> Result<
         req.insert_header(header::AUTHORIZATION, auth)?;
     }
 
+    if fwd.upgrade {
+        if let Some(proto) = client.headers.get(header::UPGRADE) {
+            req.insert_header(header::UPGRADE, proto.clone())?;
+            req.insert_header(header::CONNECTION, "upgrade")?;
+        }
+    }
+
     // The body is buffered whole, so its length is known: never chunked upstream.
     if fwd.body_len > 0 || method_has_body(&client.method) {
         req.insert_header(header::CONTENT_LENGTH, fwd.body_len.to_string())?;
@@ -120,6 +129,18 @@ fn method_has_body(m: &Method) -> bool {
 pub fn downstream_response(upstream: &ResponseHeader) -> ResponseHeader {
     let mut resp = upstream.clone();
     resp.set_version(Version::HTTP_11);
+    if upstream.status == 101 {
+        // An accepted upgrade: the switch itself is what we forward.
+        let upgrade = upstream.headers.get(header::UPGRADE).cloned();
+        for name in HOP_BY_HOP {
+            resp.remove_header(*name);
+        }
+        if let Some(proto) = upgrade {
+            let _ = resp.insert_header(header::UPGRADE, proto);
+            let _ = resp.insert_header(header::CONNECTION, "upgrade");
+        }
+        return resp;
+    }
     let chunked = upstream
         .headers
         .get(header::TRANSFER_ENCODING)
@@ -171,6 +192,7 @@ mod tests {
             host,
             authorization: None,
             body_len: 12,
+            upgrade: false,
         }
     }
 

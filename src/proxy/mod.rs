@@ -8,6 +8,7 @@ mod attempt_loop;
 mod headers;
 mod request;
 mod respond;
+mod upgrade;
 
 use crate::config::Config;
 use crate::error::GatewayError;
@@ -108,6 +109,7 @@ impl Gateway {
             host: pool.host.as_deref(),
             authorization: pool.authorization.as_deref(),
             body_len: body.len(),
+            upgrade: session.is_upgrade_req(),
         };
         let up_req = match headers::upstream_request(session.req_header(), &fwd) {
             Ok(r) => r,

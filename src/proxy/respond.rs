@@ -1,9 +1,13 @@
 //! Writing to the client: gateway errors in the JSON shape, and a backend's
-//! answer forwarded chunk by chunk as it arrives.
+//! answer forwarded chunk by chunk as it arrives. Once bytes have reached
+//! the client, a failure can no longer be hidden; it must not be disguised
+//! either, so the response is aborted (never cleanly terminated) and an
+//! event stream first gets an explicit error event.
 
 use super::attempt::Answer;
 use super::headers;
 use crate::error::GatewayError;
+use crate::metrics;
 use bytes::Bytes;
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
@@ -11,7 +15,7 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::ResponseHeader;
 use pingora_timeout::fast_timeout::fast_timeout;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long an idle pooled backend connection is kept.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
@@ -52,9 +56,9 @@ pub enum Forwarded {
     Complete,
     /// The client went away; the backend connection was closed so it can stop.
     ClientGone,
-    /// The backend failed or went silent for `stream_idle` mid-body; the
-    /// client's response was aborted, never terminated cleanly.
+    /// The backend failed mid-body; the client's response was aborted.
     UpstreamBroken,
+    /// The backend went silent for `stream_idle` mid-body; aborted likewise.
     UpstreamStalled,
 }
 
@@ -67,6 +71,34 @@ impl Forwarded {
             Forwarded::UpstreamStalled => "upstream_stalled",
         }
     }
+}
+
+/// A Server-Sent Events response (token streams of model APIs).
+pub fn is_event_stream(head: &ResponseHeader) -> bool {
+    head.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
+/// The last event of an event stream the backend broke off.
+fn interrupted_event(end: Forwarded) -> Bytes {
+    let message = match end {
+        Forwarded::UpstreamStalled => "the upstream stopped sending mid-stream",
+        _ => "the upstream failed mid-stream",
+    };
+    let event = serde_json::json!({
+        "error": {
+            "message": message,
+            "type": "gateway_error",
+            "code": "upstream_stream_interrupted",
+        }
+    });
+    Bytes::from(format!("data: {event}\n\n"))
 }
 
 pub async fn forward(
@@ -83,49 +115,91 @@ pub async fn forward(
         done,
         ..
     } = answer;
-    let head = headers::downstream_response(&head);
+    let sse = is_event_stream(&head);
+    let mut head = headers::downstream_response(&head);
+    if sse {
+        // Tell buffering proxies in front of us to pass tokens on at once.
+        let _ = head.insert_header("x-accel-buffering", "no");
+    }
+    let started = Instant::now();
+    let _active = sse.then(|| metrics::ActiveStream::new("sse"));
+
+    let end = pump(session, &mut upstream, head, first, done, stream_idle).await;
+    if sse {
+        metrics::stream_done("sse", started.elapsed().as_secs_f64());
+    }
+    match end {
+        Forwarded::Complete => {
+            if let HttpSession::H1(h1) = &mut upstream {
+                // Keep the connection pooled unless the backend asked to close it.
+                h1.respect_keepalive();
+            }
+            connector
+                .release_http_session(upstream, peer, Some(UPSTREAM_IDLE))
+                .await;
+        }
+        Forwarded::ClientGone => {
+            // Close the backend connection so the backend can stop generating.
+            upstream.shutdown().await;
+            metrics::stream_abort(end.label());
+        }
+        Forwarded::UpstreamBroken | Forwarded::UpstreamStalled => {
+            upstream.shutdown().await;
+            metrics::stream_abort(end.label());
+            if sse {
+                let _ = session
+                    .write_response_body(interrupted_event(end), false)
+                    .await;
+            }
+            // Abort: no terminating chunk (h1) / a stream reset (h2), so no
+            // client mistakes the truncated body for a whole one.
+            session.set_keepalive(None);
+            session.shutdown().await;
+        }
+    }
+    end
+}
+
+/// Copy the response to the client until it ends one way or another.
+async fn pump(
+    session: &mut ServerSession,
+    upstream: &mut HttpSession,
+    head: ResponseHeader,
+    first: Option<Bytes>,
+    done: bool,
+    stream_idle: Duration,
+) -> Forwarded {
     if session.write_response_header(Box::new(head)).await.is_err() {
-        upstream.shutdown().await;
         return Forwarded::ClientGone;
     }
     if let Some(chunk) = first {
         if session.write_response_body(chunk, done).await.is_err() {
-            upstream.shutdown().await;
             return Forwarded::ClientGone;
         }
     }
     let mut finished = done;
     while !finished {
-        match fast_timeout(stream_idle, upstream.read_response_body()).await {
-            Ok(Ok(Some(chunk))) => {
-                if chunk.is_empty() {
-                    continue;
+        tokio::select! {
+            read = fast_timeout(stream_idle, upstream.read_response_body()) => match read {
+                Ok(Ok(Some(chunk))) => {
+                    if !chunk.is_empty() && session.write_response_body(chunk, false).await.is_err() {
+                        return Forwarded::ClientGone;
+                    }
                 }
-                if session.write_response_body(chunk, false).await.is_err() {
-                    upstream.shutdown().await;
-                    return Forwarded::ClientGone;
+                Ok(Ok(None)) => finished = true,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "upstream body failed mid-response");
+                    return Forwarded::UpstreamBroken;
                 }
-            }
-            Ok(Ok(None)) => finished = true,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "upstream body failed mid-response");
-                return Forwarded::UpstreamBroken;
-            }
-            Err(_) => {
-                upstream.shutdown().await;
-                return Forwarded::UpstreamStalled;
-            }
+                Err(_) => return Forwarded::UpstreamStalled,
+            },
+            // The request body is fully read: anything here means the
+            // client closed or reset the connection.
+            _ = session.read_body_or_idle(true) => return Forwarded::ClientGone,
         }
     }
     if session.finish_body().await.is_err() {
         return Forwarded::ClientGone;
     }
-    if let HttpSession::H1(h1) = &mut upstream {
-        // Keep the connection pooled unless the backend asked to close it.
-        h1.respect_keepalive();
-    }
-    connector
-        .release_http_session(upstream, peer, Some(UPSTREAM_IDLE))
-        .await;
     Forwarded::Complete
 }

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::completions;
 use super::http::{self, Conn, Framing, Incoming, Request};
+use super::ws;
 use super::{Fault, FaultKind, HealthMode, RequestRecord, Shared};
 
 /// What to do with the connection after a response.
@@ -153,6 +154,7 @@ async fn traffic(shared: &Arc<Shared>, conn: &mut Conn, req: &Request) -> Flow {
     };
     let head_only = is_head(req);
     let reply = match (req.method.as_str(), req.path.as_str()) {
+        (_, "/ws") => return ws::serve(shared, conn, req, cut).await,
         ("POST", "/v1/chat/completions") => {
             return completions::completion(shared, conn, req, true, cut).await
         }

@@ -246,6 +246,26 @@ impl Conn {
         }
     }
 
+    /// Reads, without waiting, whatever input the socket already holds (after
+    /// letting the runtime poll its I/O driver once) and returns how many
+    /// bytes are now buffered past the last request.
+    pub async fn read_ready(&mut self) -> usize {
+        tokio::task::yield_now().await;
+        while self.buf.len() < MAX_BUFFERED {
+            self.buf.reserve(8 * 1024);
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        self.buf.len()
+    }
+
+    /// Takes the input buffered past the last request.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        self.buf.split().to_vec()
+    }
+
     pub async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(data).await
     }

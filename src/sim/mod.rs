@@ -6,9 +6,10 @@
 //! misbehave on purpose: see [`FaultKind`].
 //!
 //! Routes: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions`,
-//! `POST /v1/completions` (streamed as SSE when `"stream": true`), any other
-//! path echoes the request as JSON. The control plane under `/_sim/` (stats,
-//! fault, health, reset) is exempt from faults and not counted as traffic.
+//! `POST /v1/completions` (streamed as SSE when `"stream": true`), `GET /ws`
+//! (a WebSocket echo, see the `ws` module), any other path echoes the
+//! request as JSON. The control plane under `/_sim/` (stats, fault, health,
+//! reset) is exempt from faults and not counted as traffic.
 
 mod cli;
 mod completions;
@@ -19,6 +20,9 @@ mod http;
 mod test_client;
 #[cfg(test)]
 mod tests;
+mod ws;
+#[cfg(test)]
+mod ws_tests;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -79,6 +83,20 @@ pub struct Stats {
     /// Client went away (closed or reset) before a response or stream was
     /// complete, including while a hang/stall/latency fault held it.
     pub disconnects_mid_response: u64,
+    /// WebSocket upgrades answered with 101 (`GET /ws`).
+    pub websockets_opened: u64,
+    /// WebSocket sessions ended, cleanly or not.
+    pub websockets_closed: u64,
+    /// Text and binary WebSocket messages received.
+    pub ws_messages: u64,
+    /// Payload bytes of those messages.
+    pub ws_bytes: u64,
+    /// Code of the last Close frame received (1005 when it had none).
+    pub ws_last_close_code: Option<u16>,
+    /// Bytes the client had sent past an upgrade request (head and any
+    /// declared body) before the 101 was written, summed over upgrades. A
+    /// gateway that holds back the upgraded stream until the 101 keeps it 0.
+    pub ws_bytes_before_upgrade: u64,
     /// The last [`LOG_CAPACITY`] traffic requests, oldest first.
     pub log: Vec<RequestRecord>,
 }
@@ -105,6 +123,12 @@ pub(crate) struct Counters {
     peak_in_flight: u64,
     connections_accepted: u64,
     disconnects_mid_response: u64,
+    websockets_opened: u64,
+    websockets_closed: u64,
+    ws_messages: u64,
+    ws_bytes: u64,
+    ws_last_close_code: Option<u16>,
+    ws_bytes_before_upgrade: u64,
     log: VecDeque<RequestRecord>,
 }
 
@@ -140,6 +164,12 @@ impl Shared {
             peak_in_flight: c.peak_in_flight,
             connections_accepted: c.connections_accepted,
             disconnects_mid_response: c.disconnects_mid_response,
+            websockets_opened: c.websockets_opened,
+            websockets_closed: c.websockets_closed,
+            ws_messages: c.ws_messages,
+            ws_bytes: c.ws_bytes,
+            ws_last_close_code: c.ws_last_close_code,
+            ws_bytes_before_upgrade: c.ws_bytes_before_upgrade,
             log: c.log.iter().cloned().collect(),
         }
     }

@@ -1,0 +1,64 @@
+//! The official `openai` Python client (installed by scripts/test) against
+//! the gateway: a whole answer works, a truncated stream raises.
+
+use crate::harness::*;
+use ballast::sim::{Fault, FaultKind, SimOptions};
+use std::process::Command;
+use std::time::Duration;
+
+async fn run(gw: &Gateway, scenario: &str) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_client.py");
+    let base = gw.url("/v1");
+    let out = tokio::task::spawn_blocking({
+        let scenario = scenario.to_string();
+        move || {
+            Command::new("python3")
+                .arg(script)
+                .arg(base)
+                .arg(scenario)
+                .output()
+        }
+    })
+    .await
+    .unwrap()
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed (is the openai package installed? scripts/test installs it):\n{}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("one JSON line")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_client_gets_whole_answers_and_raises_on_a_cut_stream() {
+    let a = sim_with(
+        "a",
+        SimOptions {
+            tokens: 60,
+            token_interval: Duration::from_millis(2),
+            ..SimOptions::default()
+        },
+    )
+    .await;
+    let gw = Gateway::one_pool(&[a.addr().to_string()], "max_fails = 0").await;
+
+    let chat = run(&gw, "chat").await;
+    assert_eq!(chat["ok"], true, "{chat}");
+    assert!(chat["content"].as_str().unwrap().starts_with("tok0 tok1"));
+
+    let stream = run(&gw, "stream").await;
+    assert_eq!(stream["ok"], true, "{stream}");
+    assert_eq!(stream["chunks"], 60);
+
+    a.set_fault(Fault::new(FaultKind::CloseMidStream { after_tokens: 40 }));
+    let cut = run(&gw, "stream").await;
+    assert_eq!(cut["ok"], false, "a truncated stream was accepted: {cut}");
+    assert_eq!(cut["error_type"], "APIError", "{cut}");
+    assert!(
+        cut["message"].as_str().unwrap().contains("mid-stream"),
+        "{cut}"
+    );
+}

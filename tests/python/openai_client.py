@@ -1,0 +1,47 @@
+"""Drive Ballast with the official `openai` Python client.
+
+Usage: openai_client.py BASE_URL SCENARIO
+Prints one JSON line describing what the client saw; the Rust end-to-end
+tests assert on it.
+"""
+
+import json
+import sys
+
+import openai
+
+
+def main() -> None:
+    base_url, scenario = sys.argv[1], sys.argv[2]
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=30)
+    messages = [{"role": "user", "content": "hi"}]
+    out = {"scenario": scenario}
+    try:
+        if scenario == "chat":
+            r = client.chat.completions.create(model="sim-model", messages=messages)
+            out["content"] = r.choices[0].message.content
+        elif scenario == "stream":
+            parts = []
+            for chunk in client.chat.completions.create(model="sim-model", messages=messages, stream=True):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    parts.append(chunk.choices[0].delta.content)
+            out["content"] = "".join(parts)
+            out["chunks"] = len(parts)
+        else:
+            raise SystemExit(f"unknown scenario {scenario}")
+        out["ok"] = True
+    except openai.APIError as e:
+        out["ok"] = False
+        out["error_type"] = type(e).__name__
+        out["message"] = str(e)
+        body = getattr(e, "body", None)
+        out["code"] = body.get("code") if isinstance(body, dict) else None
+    except Exception as e:  # noqa: BLE001 - report anything else as is
+        out["ok"] = False
+        out["error_type"] = type(e).__name__
+        out["message"] = str(e)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
