@@ -49,6 +49,16 @@ impl GatewayError {
         .with_retry_after(retry_after)
     }
 
+    /// Turned away by the pool's queue (full, or waited `max_wait`).
+    pub fn shed(pool: &str, reason: &str, retry_after: Duration) -> Self {
+        Self::new(
+            503,
+            "upstream_busy",
+            format!("all servers of pool '{pool}' are busy ({reason})"),
+        )
+        .with_retry_after(retry_after)
+    }
+
     pub fn upstream_failed(pool: &str) -> Self {
         Self::new(
             502,

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod pool;
 pub mod proxy;
+pub mod queue;
 pub mod retry;
 pub mod route;
 pub mod runtime;

@@ -128,6 +128,48 @@ static STREAM_ABORTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric ballast_stream_aborts_total registers")
 });
 
+static QUEUE_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "ballast_queue_depth",
+        "Requests waiting in a pool's queue for a server under max_conns",
+        &["pool"]
+    )
+    .expect("metric ballast_queue_depth registers")
+});
+
+static QUEUE_WAIT: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "ballast_queue_wait_seconds",
+        "Time a request waited in a pool's queue before it got a server",
+        &["pool"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric ballast_queue_wait_seconds registers")
+});
+
+static SHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_shed_total",
+        "Requests turned away by a pool: queue_full, queue_timeout, evicted (by higher priority)",
+        &["pool", "reason"]
+    )
+    .expect("metric ballast_shed_total registers")
+});
+
+pub fn queue_depth(pool: &str, depth: usize) {
+    QUEUE_DEPTH
+        .with_label_values(&[pool])
+        .set(i64::try_from(depth).unwrap_or(i64::MAX));
+}
+
+pub fn queue_wait(pool: &str, seconds: f64) {
+    QUEUE_WAIT.with_label_values(&[pool]).observe(seconds);
+}
+
+pub fn shed(pool: &str, reason: &str) {
+    SHED.with_label_values(&[pool, reason]).inc();
+}
+
 /// Counts one open stream in `ballast_streams_active` while it lives.
 pub struct ActiveStream(&'static str);
 
@@ -166,6 +208,9 @@ pub fn init() {
     LazyLock::force(&STREAMS_ACTIVE);
     LazyLock::force(&STREAM_DURATION);
     LazyLock::force(&STREAM_ABORTS);
+    LazyLock::force(&QUEUE_DEPTH);
+    LazyLock::force(&QUEUE_WAIT);
+    LazyLock::force(&SHED);
     for kind in ["sse", "websocket"] {
         STREAMS_ACTIVE.with_label_values(&[kind]);
     }
@@ -197,6 +242,10 @@ pub fn upstream_ejected(pool: &str, server: &str) {
 }
 
 /// Make sure a server's series exist from start-up, at zero.
+pub fn register_pool(pool: &str) {
+    queue_depth(pool, 0);
+}
+
 pub fn register_server(pool: &str, server: &str) {
     EJECTIONS.with_label_values(&[pool, server]);
     set_server_state(pool, server, 0, true, 0.0);

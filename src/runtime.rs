@@ -53,6 +53,7 @@ fn build_pools(config: &Config) -> anyhow::Result<Vec<Arc<Pool>>> {
                 )),
                 None => None,
             };
+            metrics::register_pool(&p.name);
             for s in &p.servers {
                 metrics::register_server(&p.name, &s.addr);
             }

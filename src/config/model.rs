@@ -102,6 +102,11 @@ pub struct RouteConfig {
     pub pool: usize,
     pub fallback: Vec<Fallback>,
     pub openai: bool,
+    /// Queue priority of this route's requests.
+    pub priority: Priority,
+    /// Header a client may use to set its own priority (`high`, `normal`,
+    /// `low`); `None`: the route's priority always applies.
+    pub priority_header: Option<http::HeaderName>,
     pub retry: RetryConfig,
     pub timeouts: Timeouts,
 }
@@ -111,6 +116,33 @@ pub struct Fallback {
     /// Index into `Config::pools`.
     pub pool: usize,
     pub model: Option<String>,
+}
+
+/// Order of service in a pool's queue: higher first, FIFO within a class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+}
+
+impl Priority {
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "low" => Some(Priority::Low),
+            "normal" => Some(Priority::Normal),
+            "high" => Some(Priority::High),
+            _ => None,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
 }
 
 /// What a failed or busy attempt turned out to be; `route.retry.on` lists these.

@@ -132,6 +132,8 @@ pub(crate) struct RawRoute {
     pub pool: Opt<String>,
     pub fallback: Option<Vec<Spanned<RawFallback>>>,
     pub openai: Opt<bool>,
+    pub priority: Opt<String>,
+    pub priority_header: Opt<String>,
     pub retry: Option<RawRetry>,
     pub timeouts: Option<RawTimeouts>,
 }

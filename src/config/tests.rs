@@ -136,6 +136,8 @@ fn example_file_parses_into_expected_model() {
             pool: 0,
             fallback: vec![],
             openai: false,
+            priority: Priority::Normal,
+            priority_header: None,
             retry: default_retry(),
             timeouts: default_timeouts(),
         }],
@@ -365,6 +367,8 @@ fn defaults() {
             pool: 0,
             fallback: vec![],
             openai: false,
+            priority: Priority::Normal,
+            priority_header: None,
             retry: default_retry(),
             timeouts: default_timeouts(),
         }]
@@ -403,7 +407,7 @@ fn load_reads_file() {
     assert_eq!(err.file, path.display().to_string());
 }
 
-/// `models`, `fallback` and `openai = true` are part of the contract but
+/// `models` and `openai = true` are part of the contract but
 /// refused until body inspection exists, rather than silently ignored.
 #[test]
 fn routing_features_not_yet_built_are_refused() {
@@ -412,10 +416,43 @@ fn routing_features_not_yet_built_are_refused() {
         "pool = \"p\"\nmodels = [\"m\"]\nfallback = [{ pool = \"p\" }]\nopenai = true",
     );
     let p = problems(&text);
-    assert_eq!(p.len(), 3, "{p:#?}");
-    for key in ["route[0].models", "route[0].fallback", "route[0].openai"] {
+    assert_eq!(p.len(), 2, "{p:#?}");
+    for key in ["route[0].models", "route[0].openai"] {
         assert!(problem(&p, key)
             .message
             .contains("not supported by this build yet"));
     }
+}
+
+#[test]
+fn priorities_and_fallbacks() {
+    let text = MINIMAL.replace(
+        "pool = \"p\"",
+        "pool = \"p\"\npriority = \"low\"\npriority_header = \"x-ballast-priority\"\n\
+         fallback = [{ pool = \"p\", model = \"small\" }]",
+    );
+    let c = parse("t", &text).unwrap_or_else(|e| panic!("{e}"));
+    let r = &c.routes[0];
+    assert_eq!(r.priority, Priority::Low);
+    assert_eq!(
+        r.priority_header.as_ref().map(|h| h.as_str()),
+        Some("x-ballast-priority")
+    );
+    assert_eq!(
+        r.fallback,
+        vec![Fallback {
+            pool: 0,
+            model: Some("small".into())
+        }]
+    );
+
+    let bad = MINIMAL.replace(
+        "pool = \"p\"",
+        "pool = \"p\"\npriority = \"urgent\"\npriority_header = \"bad header\"",
+    );
+    let p = problems(&bad);
+    assert!(problem(&p, "route[0].priority").message.contains("urgent"));
+    assert!(problem(&p, "route[0].priority_header")
+        .message
+        .contains("not a valid header name"));
 }

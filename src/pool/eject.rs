@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub enum Gate {
     /// Normal traffic may go to the server.
     Open,
     /// The ejection is over; one probe request may go (none is in flight).
@@ -42,18 +42,18 @@ impl Ejection {
         }
     }
 
-    pub fn admission(&self, now: Instant) -> Admission {
+    pub fn gate(&self, now: Instant) -> Gate {
         match self.ejected_until {
-            None => Admission::Open,
-            Some(until) if now < until => Admission::Closed { until: Some(until) },
-            Some(_) if self.probe_in_flight => Admission::Closed { until: None },
-            Some(_) => Admission::Probe,
+            None => Gate::Open,
+            Some(until) if now < until => Gate::Closed { until: Some(until) },
+            Some(_) if self.probe_in_flight => Gate::Closed { until: None },
+            Some(_) => Gate::Probe,
         }
     }
 
     /// Take the single probe slot; false if it is not free.
     pub fn take_probe(&mut self, now: Instant) -> bool {
-        if self.admission(now) == Admission::Probe {
+        if self.gate(now) == Gate::Probe {
             self.probe_in_flight = true;
             true
         } else {
@@ -139,11 +139,11 @@ mod tests {
         let mut e = Ejection::new(3, T);
         assert!(!e.record_failure(t0));
         assert!(!e.record_failure(t0 + Duration::from_secs(1)));
-        assert_eq!(e.admission(t0 + Duration::from_secs(2)), Admission::Open);
+        assert_eq!(e.gate(t0 + Duration::from_secs(2)), Gate::Open);
         assert!(e.record_failure(t0 + Duration::from_secs(2)));
         assert_eq!(
-            e.admission(t0 + Duration::from_secs(3)),
-            Admission::Closed {
+            e.gate(t0 + Duration::from_secs(3)),
+            Gate::Closed {
                 until: Some(t0 + Duration::from_secs(12))
             }
         );
@@ -156,7 +156,7 @@ mod tests {
         assert!(!e.record_failure(t0));
         assert!(!e.record_failure(t0 + Duration::from_secs(11)));
         assert!(!e.record_failure(t0 + Duration::from_secs(22)));
-        assert_eq!(e.admission(t0 + Duration::from_secs(23)), Admission::Open);
+        assert_eq!(e.gate(t0 + Duration::from_secs(23)), Gate::Open);
     }
 
     #[test]
@@ -165,12 +165,12 @@ mod tests {
         let mut e = Ejection::new(1, T);
         assert!(e.record_failure(t0));
         let later = t0 + T;
-        assert_eq!(e.admission(later), Admission::Probe);
+        assert_eq!(e.gate(later), Gate::Probe);
         assert!(e.take_probe(later));
         assert!(!e.take_probe(later));
-        assert_eq!(e.admission(later), Admission::Closed { until: None });
+        assert_eq!(e.gate(later), Gate::Closed { until: None });
         e.record_success(later + Duration::from_millis(5));
-        assert_eq!(e.admission(later), Admission::Open);
+        assert_eq!(e.gate(later), Gate::Open);
         assert_eq!(e.fails(), 0);
     }
 
@@ -184,8 +184,8 @@ mod tests {
         assert!(e.take_probe(later));
         assert!(e.record_failure(later));
         assert_eq!(
-            e.admission(later),
-            Admission::Closed {
+            e.gate(later),
+            Gate::Closed {
                 until: Some(later + T)
             }
         );
@@ -198,7 +198,7 @@ mod tests {
         e.record_failure(t0);
         assert!(e.take_probe(t0 + T));
         e.release_probe();
-        assert_eq!(e.admission(t0 + T), Admission::Probe);
+        assert_eq!(e.gate(t0 + T), Gate::Probe);
     }
 
     #[test]
@@ -208,8 +208,8 @@ mod tests {
         e.record_failure(t0);
         e.record_success(t0 + Duration::from_secs(1));
         assert!(matches!(
-            e.admission(t0 + Duration::from_secs(1)),
-            Admission::Closed { .. }
+            e.gate(t0 + Duration::from_secs(1)),
+            Gate::Closed { .. }
         ));
     }
 
@@ -220,7 +220,7 @@ mod tests {
         for i in 0..100 {
             assert!(!e.record_failure(t0 + Duration::from_millis(i)));
         }
-        assert_eq!(e.admission(t0), Admission::Open);
+        assert_eq!(e.gate(t0), Gate::Open);
     }
 
     #[test]
@@ -230,7 +230,7 @@ mod tests {
         e.record_failure(t0);
         e.record_success(t0);
         assert!(!e.record_failure(t0));
-        assert_eq!(e.admission(t0), Admission::Open);
+        assert_eq!(e.gate(t0), Gate::Open);
     }
 
     #[test]
@@ -239,6 +239,6 @@ mod tests {
         let mut e = Ejection::new(1, T);
         e.record_failure(t0);
         e.clear();
-        assert_eq!(e.admission(t0), Admission::Open);
+        assert_eq!(e.gate(t0), Gate::Open);
     }
 }

@@ -47,8 +47,30 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// If requests are queued for this pool, give this slot to the first of
+    /// them rather than freeing it. True when the slot was passed on (or is
+    /// owned by a new lease that will free it).
+    fn pass_on(&self) -> bool {
+        let admission = &self.server.admission;
+        if self.probe
+            || !admission.has_waiters()
+            || !self.server.availability(Instant::now()).is_usable()
+        {
+            return false;
+        }
+        let next = Lease::new(self.server.clone(), self.index, false);
+        // Nobody took it after all: dropping it frees the slot (or passes
+        // it on to someone who joined meanwhile).
+        drop(admission.hand_off(next));
+        true
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.server.release(self.probe && !self.recorded);
+        if !self.pass_on() {
+            self.server.release(self.probe && !self.recorded);
+        }
     }
 }

@@ -1,13 +1,15 @@
 //! A pool of backend servers: who is usable, who has the least outstanding
 //! work, and the leases that count that work.
 
+mod admission;
 mod eject;
 mod health;
 mod lease;
 pub mod prober;
 mod select;
 
-pub use eject::{Admission, Ejection};
+pub use admission::{Admission, Shed, Waiting};
+pub use eject::{Ejection, Gate};
 pub use health::{HealthState, Transition};
 pub use lease::Lease;
 pub use select::{pick, Candidate};
@@ -23,6 +25,8 @@ use std::time::{Duration, Instant};
 
 pub struct Server {
     pub pool: String,
+    /// The pool's queue: a slot this server frees goes to its head.
+    admission: Arc<Admission>,
     pub addr: String,
     /// The address `addr` resolved to at start-up.
     pub socket: SocketAddr,
@@ -46,22 +50,23 @@ impl ServerState {
         if !self.health.is_up() {
             return Availability::Down;
         }
-        match self.ejection.admission(now) {
-            Admission::Closed { until } => Availability::Ejected { until },
+        match self.ejection.gate(now) {
+            Gate::Closed { until } => Availability::Ejected { until },
             _ if self.cooldown_until.is_some_and(|u| now < u) => Availability::Cooling {
                 until: self.cooldown_until.unwrap_or(now),
             },
-            Admission::Open => Availability::Usable,
-            Admission::Probe => Availability::Probe,
+            Gate::Open => Availability::Usable,
+            Gate::Probe => Availability::Probe,
         }
     }
 }
 
 impl Server {
-    fn new(pool: &PoolConfig, cfg: &ServerConfig) -> Self {
+    fn new(pool: &PoolConfig, cfg: &ServerConfig, admission: Arc<Admission>) -> Self {
         let (rise, fall) = pool.health.as_ref().map_or((1, 1), |h| (h.rise, h.fall));
         Server {
             pool: pool.name.clone(),
+            admission,
             addr: cfg.addr.clone(),
             socket: cfg.resolved,
             weight: cfg.weight,
@@ -257,11 +262,15 @@ pub struct ServerStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolStatus {
     pub name: String,
+    /// Requests waiting for a server under its `max_conns`.
+    pub queue_depth: usize,
     pub servers: Vec<ServerStatus>,
 }
 
 pub struct Pool {
     pub name: String,
+    /// Where requests wait when every usable server is at `max_conns`.
+    pub admission: Arc<Admission>,
     /// `Host` header sent upstream; `None` keeps the client's.
     pub host: Option<String>,
     /// `Authorization` header value injected upstream.
@@ -275,19 +284,23 @@ pub struct Pool {
 pub struct NoServer {
     /// Best estimate of when one can take requests again.
     pub retry_after: Duration,
+    /// Some server is usable but at its `max_conns`: worth queueing for.
+    pub at_capacity: bool,
 }
 
 impl Pool {
     pub fn new(cfg: &PoolConfig, authorization: Option<String>) -> Self {
+        let admission = Arc::new(Admission::new(&cfg.name, &cfg.queue, Instant::now()));
         Pool {
             name: cfg.name.clone(),
+            admission: admission.clone(),
             host: cfg.host.clone(),
             authorization,
             health: cfg.health.clone(),
             servers: cfg
                 .servers
                 .iter()
-                .map(|s| Arc::new(Server::new(cfg, s)))
+                .map(|s| Arc::new(Server::new(cfg, s, admission.clone())))
                 .collect(),
         }
     }
@@ -295,13 +308,19 @@ impl Pool {
     /// Lease the best usable server, preferring ones not in `tried`
     /// (indices into `servers`).
     pub fn acquire(&self, now: Instant, tried: &[usize]) -> Result<Lease, NoServer> {
-        let mut avail: Vec<(usize, Availability)> = self
-            .servers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (i, s.availability(now)))
-            .filter(|(i, a)| a.is_usable() && self.servers[*i].under_cap())
-            .collect();
+        let mut at_capacity = false;
+        let mut avail: Vec<(usize, Availability)> = Vec::with_capacity(self.servers.len());
+        for (i, s) in self.servers.iter().enumerate() {
+            let a = s.availability(now);
+            if !a.is_usable() {
+                continue;
+            }
+            if s.under_cap() {
+                avail.push((i, a));
+            } else {
+                at_capacity = true;
+            }
+        }
         let mut rng = rand::thread_rng();
         while !avail.is_empty() {
             let candidates: Vec<Candidate> = avail
@@ -322,10 +341,12 @@ impl Pool {
                 return Ok(Lease::new(server.clone(), i, probe));
             }
             // Lost a race for the probe slot or the last unit of capacity.
+            at_capacity |= !probe;
             avail.swap_remove(k);
         }
         Err(NoServer {
             retry_after: self.retry_after(now),
+            at_capacity,
         })
     }
 
@@ -394,6 +415,7 @@ impl Pool {
     pub fn snapshot(&self, now: Instant) -> PoolStatus {
         PoolStatus {
             name: self.name.clone(),
+            queue_depth: self.admission.depth(),
             servers: self.servers.iter().map(|s| s.snapshot(now)).collect(),
         }
     }

@@ -1,21 +1,24 @@
 //! The attempt loop: pick a server, try it, and decide from what came back
 //! whether the client gets this answer or another attempt is made. Nothing
 //! reaches the client until the loop stops, so every failure before that is
-//! invisible to it.
+//! invisible to it. A pool that cannot serve (no usable server, queue full
+//! or timed out, retries spent on failures) hands over to the route's next
+//! fallback pool.
 
 use super::access_log::AccessLog;
 use super::attempt::{self, Answer};
 use super::respond::{self, Forwarded};
-use super::upgrade;
-use super::Gateway;
+use super::{fallback, upgrade, Gateway};
+use crate::config::{Priority, RouteConfig};
 use crate::error::{retry_after_secs, GatewayError};
 use crate::metrics;
 use crate::outcome::Outcome;
-use crate::pool::Pool;
+use crate::pool::{Lease, Pool, Shed};
 use crate::retry::{self, retry_after, Next, Situation, Stop};
 use bytes::Bytes;
 use pingora_core::protocols::http::ServerSession;
 use pingora_http::RequestHeader;
+use std::borrow::Cow;
 use std::time::{Instant, SystemTime};
 
 /// The request as every attempt replays it.
@@ -24,11 +27,34 @@ pub struct Request<'r> {
     pub head: &'r RequestHeader,
     pub body: &'r Bytes,
     pub deadline: Instant,
+    pub priority: Priority,
+}
+
+/// How trying one pool ended.
+enum PoolEnd {
+    /// The client has its answer (or left): may the connection be reused?
+    Done(bool),
+    /// This pool cannot serve the request. What the client gets if no
+    /// fallback can either.
+    CannotServe(Verdict),
+}
+
+enum Verdict {
+    Error(GatewayError),
+    /// A backend's own answer (busy or failed), with the lease it holds.
+    Answer(Box<Held>),
+}
+
+struct Held {
+    answer: Answer,
+    outcome: Outcome,
+    lease: Lease,
+    sent_at: Instant,
 }
 
 impl Gateway {
-    /// Run attempts until one answer is final; returns whether the client
-    /// connection may be reused.
+    /// Serve the request from the route's pool, then its fallbacks;
+    /// returns whether the client connection may be reused.
     pub(super) async fn attempt_loop<'a>(
         &'a self,
         session: &mut ServerSession,
@@ -36,7 +62,62 @@ impl Gateway {
         req: Request<'_>,
     ) -> bool {
         let route = &self.config.routes[req.route_idx];
-        let pool = &self.pools[route.pool];
+        let chain = std::iter::once((route.pool, None))
+            .chain(route.fallback.iter().map(|f| (f.pool, f.model.as_deref())));
+        let mut verdict = None;
+        for (pool_idx, model) in chain {
+            let pool = &self.pools[pool_idx];
+            let (head, body) = match model {
+                None => (Cow::Borrowed(req.head), Cow::Borrowed(req.body)),
+                Some(model) => match fallback::rewrite_model(req.head, req.body, model) {
+                    Some((head, body)) => (Cow::Owned(head), Cow::Owned(body)),
+                    None => {
+                        tracing::debug!(route = %route.name, pool = %pool.name, "body has no JSON model to rewrite; fallback skipped");
+                        continue;
+                    }
+                },
+            };
+            if verdict.is_some() {
+                tracing::debug!(route = %route.name, pool = %pool.name, "falling back");
+            }
+            log.pool = Some(&pool.name);
+            // Whatever the previous pool left is superseded.
+            drop(verdict.take());
+            match self
+                .serve_from(session, log, route, pool, &req, &head, &body)
+                .await
+            {
+                PoolEnd::Done(reuse) => return reuse,
+                PoolEnd::CannotServe(v) => verdict = Some((v, pool)),
+            }
+        }
+        match verdict {
+            Some((Verdict::Error(err), _)) => self.reply(session, log, &err).await,
+            Some((Verdict::Answer(held), pool)) => {
+                self.deliver(session, log, route, pool, *held).await
+            }
+            // Only reachable when no pool could even be tried.
+            None => {
+                let err = GatewayError::no_capacity(
+                    &self.pools[route.pool].name,
+                    std::time::Duration::from_secs(1),
+                );
+                self.reply(session, log, &err).await
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_from<'a>(
+        &'a self,
+        session: &mut ServerSession,
+        log: &mut AccessLog<'a>,
+        route: &RouteConfig,
+        pool: &'a Pool,
+        req: &Request<'_>,
+        head: &RequestHeader,
+        body: &Bytes,
+    ) -> PoolEnd {
         let mut tried: Vec<usize> = Vec::new();
         let mut waits = 0u32;
         let mut last: Option<Outcome> = None;
@@ -45,10 +126,31 @@ impl Gateway {
             let remaining = req.deadline.saturating_duration_since(now);
             if remaining.is_zero() {
                 let err = GatewayError::deadline(&route.name);
-                return self.reply(session, log, &err).await;
+                return PoolEnd::Done(self.reply(session, log, &err).await);
             }
-            let mut lease = match pool.acquire(now, &tried) {
+            // Requests already waiting go first: join the queue behind them.
+            let acquired = if pool.admission.has_waiters() {
+                Err(None)
+            } else {
+                pool.acquire(now, &tried).map_err(Some)
+            };
+            let mut lease = match acquired {
                 Ok(lease) => lease,
+                Err(no) if no.is_none_or(|n| n.at_capacity) && pool.admission.enabled() => {
+                    let limit = pool.admission.max_wait.min(remaining);
+                    match unless_client_leaves(session, self.queue_for(pool, req.priority, limit))
+                        .await
+                    {
+                        None => return PoolEnd::Done(false),
+                        Some(Ok(lease)) => lease,
+                        Some(Err(shed)) => {
+                            metrics::shed(&pool.name, shed.label());
+                            let after = pool.admission.retry_after(Instant::now());
+                            let err = GatewayError::shed(&pool.name, shed.label(), after);
+                            return PoolEnd::CannotServe(Verdict::Error(err));
+                        }
+                    }
+                }
                 Err(no) => {
                     // Servers that only asked for a pause come back by
                     // themselves: wait for them if the deadline allows.
@@ -57,15 +159,16 @@ impl Gateway {
                             .await
                             .is_none()
                         {
-                            return false;
+                            return PoolEnd::Done(false);
                         }
                         continue;
                     }
+                    let retry_after = no.map_or_else(|| pool.retry_after(now), |n| n.retry_after);
                     let err = match last {
                         Some(o) if !retry::is_busy(o) => failure_error(&pool.name, o),
-                        _ => GatewayError::no_capacity(&pool.name, no.retry_after),
+                        _ => GatewayError::no_capacity(&pool.name, retry_after),
                     };
-                    return self.reply(session, log, &err).await;
+                    return PoolEnd::CannotServe(Verdict::Error(err));
                 }
             };
             if log.attempts == 0 {
@@ -79,11 +182,11 @@ impl Gateway {
                 first_byte: route.timeouts.first_byte.min(remaining),
             };
             let sent_at = Instant::now();
-            let attempt = attempt::run(&self.connector, server.peer(), req.head, req.body, &limits);
+            let attempt = attempt::run(&self.connector, server.peer(), head, body, &limits);
             // A client that leaves cancels the attempt: its connection is
             // closed (the backend can stop) and the lease released.
             let Some(result) = unless_client_leaves(session, attempt).await else {
-                return false;
+                return PoolEnd::Done(false);
             };
             let now = Instant::now();
             let outcome = match &result {
@@ -116,10 +219,11 @@ impl Gateway {
                 metrics::retry(&route.name, "budget_exhausted");
                 next = Next::Stop(Stop::AttemptsExhausted);
             }
-            match next {
+            let stop = match next {
                 Next::Now => {
                     metrics::retry(&route.name, &outcome.label());
                     tracing::debug!(route = %route.name, server = %server.addr, outcome = %outcome.label(), "retrying on another server");
+                    continue;
                 }
                 Next::After(wait) => {
                     metrics::retry(&route.name, &outcome.label());
@@ -131,56 +235,105 @@ impl Gateway {
                         .await
                         .is_none()
                     {
-                        return false;
+                        return PoolEnd::Done(false);
                     }
                     waits += 1;
+                    continue;
                 }
-                Next::Stop(stop) => {
-                    // Out of time: the client hears 504, unless the answer in
-                    // hand is a "busy" it can act on (with an honest Retry-After).
-                    let out_of_time = stop == Stop::Deadline || now >= req.deadline;
-                    let answer = match result {
-                        Ok(answer) if !out_of_time || retry::is_busy(outcome) => answer,
-                        Ok(_) => {
-                            let err = GatewayError::deadline(&route.name);
-                            return self.reply(session, log, &err).await;
-                        }
-                        Err(o) => {
-                            let err = if out_of_time {
-                                GatewayError::deadline(&route.name)
-                            } else {
-                                failure_error(&pool.name, o)
-                            };
-                            return self.reply(session, log, &err).await;
-                        }
-                    };
-                    metrics::first_byte(
-                        &pool.name,
-                        answer
-                            .first_byte_at
-                            .saturating_duration_since(sent_at)
-                            .as_secs_f64(),
-                    );
-                    let answer = honest_busy(answer, outcome, pool, now);
-                    log.status = answer.head.status.as_u16();
-                    let end = if answer.head.status == 101 {
-                        upgrade::splice(session, answer, route.timeouts.websocket_idle).await
-                    } else {
-                        respond::forward(
-                            session,
-                            answer,
-                            &self.connector,
-                            server.peer(),
-                            route.timeouts.stream_idle,
-                        )
-                        .await
-                    };
-                    log.forwarded = Some(end);
-                    drop(lease);
-                    return end == Forwarded::Complete;
+                Next::Stop(stop) => stop,
+            };
+            // Out of time: the client hears 504, unless the answer in hand
+            // is a "busy" it can act on (with an honest Retry-After).
+            let out_of_time = stop == Stop::Deadline || now >= req.deadline;
+            // Failures and busy answers this pool could not get past may
+            // still be served by a fallback; anything else is the answer.
+            let gave_up = matches!(stop, Stop::AttemptsExhausted | Stop::NoServer);
+            let held = match result {
+                Ok(answer) if out_of_time && !retry::is_busy(outcome) => {
+                    drop(answer);
+                    let err = GatewayError::deadline(&route.name);
+                    return PoolEnd::Done(self.reply(session, log, &err).await);
                 }
+                Ok(answer) => Held {
+                    answer,
+                    outcome,
+                    lease,
+                    sent_at,
+                },
+                Err(_) if out_of_time => {
+                    let err = GatewayError::deadline(&route.name);
+                    return PoolEnd::Done(self.reply(session, log, &err).await);
+                }
+                Err(o) => {
+                    return PoolEnd::CannotServe(Verdict::Error(failure_error(&pool.name, o)));
+                }
+            };
+            if gave_up && !out_of_time {
+                return PoolEnd::CannotServe(Verdict::Answer(Box::new(held)));
+            }
+            return PoolEnd::Done(self.deliver(session, log, route, pool, held).await);
+        }
+    }
+
+    /// Wait in `pool`'s queue for a slot, feeding it any capacity that is
+    /// free right now (a server may have come back without freeing a slot).
+    async fn queue_for(
+        &self,
+        pool: &Pool,
+        priority: Priority,
+        limit: std::time::Duration,
+    ) -> Result<Lease, Shed> {
+        let waiting = pool.admission.join(priority, Instant::now())?;
+        while pool.admission.has_waiters() {
+            match pool.acquire(Instant::now(), &[]) {
+                // Dropping a lease hands its slot to the head of the queue.
+                Ok(lease) => drop(lease),
+                Err(_) => break,
             }
         }
+        waiting.wait(limit).await
+    }
+
+    /// Send a backend's answer to the client.
+    async fn deliver<'a>(
+        &'a self,
+        session: &mut ServerSession,
+        log: &mut AccessLog<'a>,
+        route: &RouteConfig,
+        pool: &Pool,
+        held: Held,
+    ) -> bool {
+        let Held {
+            answer,
+            outcome,
+            lease,
+            sent_at,
+        } = held;
+        let server = lease.server().clone();
+        metrics::first_byte(
+            &pool.name,
+            answer
+                .first_byte_at
+                .saturating_duration_since(sent_at)
+                .as_secs_f64(),
+        );
+        let answer = honest_busy(answer, outcome, pool, Instant::now());
+        log.status = answer.head.status.as_u16();
+        let end = if answer.head.status == 101 {
+            upgrade::splice(session, answer, route.timeouts.websocket_idle).await
+        } else {
+            respond::forward(
+                session,
+                answer,
+                &self.connector,
+                server.peer(),
+                route.timeouts.stream_idle,
+            )
+            .await
+        };
+        log.forwarded = Some(end);
+        drop(lease);
+        end == Forwarded::Complete
     }
 
     fn budget(&self, route_idx: usize) -> std::sync::MutexGuard<'_, retry::RetryBudget> {

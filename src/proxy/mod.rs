@@ -5,12 +5,13 @@
 mod access_log;
 mod attempt;
 mod attempt_loop;
+mod fallback;
 mod headers;
 mod request;
 mod respond;
 mod upgrade;
 
-use crate::config::Config;
+use crate::config::{Config, Priority};
 use crate::error::GatewayError;
 use crate::pool::Pool;
 use crate::retry::RetryBudget;
@@ -124,6 +125,7 @@ impl Gateway {
             head: &up_req,
             body: &body,
             deadline,
+            priority: priority(route, session.req_header()),
         };
         self.attempt_loop(session, log, request).await
     }
@@ -152,6 +154,17 @@ impl Gateway {
         self.reply(session, log, err).await;
         false
     }
+}
+
+/// The route's priority, or the client's own if the route lets it say.
+fn priority(route: &crate::config::RouteConfig, req: &pingora_http::RequestHeader) -> Priority {
+    route
+        .priority_header
+        .as_ref()
+        .and_then(|h| req.headers.get(h))
+        .and_then(|v| v.to_str().ok())
+        .and_then(Priority::parse)
+        .unwrap_or(route.priority)
 }
 
 #[async_trait]

@@ -23,12 +23,12 @@ pub async fn splice(session: &mut ServerSession, answer: Answer, idle: Duration)
         h1.maybe_upgrade_body_writer();
     }
     let head = headers::downstream_response(&head);
+    let started = Instant::now();
+    let _active = metrics::ActiveStream::new("websocket");
     if session.write_response_header(Box::new(head)).await.is_err() {
         upstream.shutdown().await;
         return Forwarded::ClientGone;
     }
-    let started = Instant::now();
-    let _active = metrics::ActiveStream::new("websocket");
     let end = copy_both_ways(session, &mut upstream, idle).await;
     metrics::stream_done("websocket", started.elapsed().as_secs_f64());
     // Whoever ended it, the other side is closed too.

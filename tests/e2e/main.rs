@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `ballast` binary between a real HTTP client
 //! and simulated backends, all on loopback sockets.
 
+mod admission;
 mod balancing;
 mod config_check;
 mod ejection;

@@ -137,7 +137,18 @@ async fn persistent_429_backs_off_with_growing_delays_then_tells_the_truth() {
 async fn refused_connections_are_retried_transparently_for_get_and_post() {
     let live = sim("live").await;
     let dead = format!("127.0.0.1:{}", free_port());
-    let gw = Gateway::one_pool(&[dead.clone(), live.addr().to_string()], "max_fails = 0").await;
+    // Half the requests try the dead server first; a budget of 1.0 lets
+    // every one of them retry (the budget has its own test).
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        pool_toml(
+            "p",
+            &[dead.clone(), live.addr().to_string()],
+            "max_fails = 0"
+        ),
+        route_toml("r", "/", "p", "[route.retry]\nbudget = 1.0")
+    ))
+    .await;
 
     for i in 0..10 {
         let r = gw.client.get(gw.url("/get")).send().await.unwrap();

@@ -110,8 +110,7 @@ fn route_to_missing_pool() {
         "pool = \"q\"\nfallback = [{ pool = \"nope\" }]",
     );
     let p = problems(&text);
-    // The third: fallback itself is not supported yet.
-    assert_eq!(p.len(), 3, "{p:#?}");
+    assert_eq!(p.len(), 2, "{p:#?}");
     let route = problem(&p, "route[0].pool");
     assert_eq!(route.line, 9);
     assert_eq!(route.message, "unknown pool 'q'; known pools: 'p'");

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use toml::Spanned;
 
 use super::{secs, span_of, Checker};
-use crate::config::model::{Fallback, RetryConfig, RetryOn, RouteConfig, Timeouts};
+use crate::config::model::{Fallback, Priority, RetryConfig, RetryOn, RouteConfig, Timeouts};
 use crate::config::raw::{Opt, RawPool, RawRetry, RawRoute, RawTimeouts, StrOrInt};
 
 const RETRY_ON_HELP: &str = "connect_error, timeout, reset, 429, 500, 502, 503, 504";
@@ -187,13 +187,6 @@ impl Checker<'_> {
                 "model-based routing is not supported by this build yet; leave `models` empty",
             );
         }
-        if let Some(f) = raw.fallback.as_ref().and_then(|f| f.first()) {
-            self.report(
-                Some(f.span()),
-                key("fallback"),
-                "fallback pools are not supported by this build yet; leave `fallback` empty",
-            );
-        }
         if let Some(o) = raw.openai.as_ref().filter(|o| *o.get_ref()) {
             self.report(
                 Some(o.span()),
@@ -201,6 +194,33 @@ impl Checker<'_> {
                 "OpenAI body inspection is not supported by this build yet; set `openai = false`",
             );
         }
+        let priority = match &raw.priority {
+            None => Priority::Normal,
+            Some(p) => Priority::parse(p.get_ref()).unwrap_or_else(|| {
+                self.report(
+                    Some(p.span()),
+                    key("priority"),
+                    format!(
+                        "unknown priority '{}'; expected high, normal or low",
+                        p.get_ref()
+                    ),
+                );
+                Priority::Normal
+            }),
+        };
+        let priority_header = raw.priority_header.as_ref().and_then(|h| {
+            match http::HeaderName::from_bytes(h.get_ref().trim().as_bytes()) {
+                Ok(name) => Some(name),
+                Err(_) => {
+                    self.report(
+                        Some(h.span()),
+                        key("priority_header"),
+                        format!("'{}' is not a valid header name", h.get_ref()),
+                    );
+                    None
+                }
+            }
+        });
         RouteConfig {
             name,
             path_prefix,
@@ -208,6 +228,8 @@ impl Checker<'_> {
             pool,
             fallback,
             openai: raw.openai.as_ref().is_some_and(|o| *o.get_ref()),
+            priority,
+            priority_header,
             retry: self.retry(i, raw.retry.as_ref()),
             timeouts: self.timeouts(i, raw.timeouts.as_ref()),
         }

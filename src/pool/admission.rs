@@ -1,0 +1,169 @@
+//! Waiting for a slot: when every usable server of a pool is at its
+//! `max_conns`, requests wait here. A slot freed anywhere in the pool is
+//! handed straight to the head of the queue (see `Lease`'s drop): no
+//! polling, no sleeping loop.
+
+use super::Lease;
+use crate::config::{Priority, QueueConfig};
+use crate::metrics;
+use crate::queue::{DrainRate, Pushed, Ticket, WaitQueue};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+pub struct Admission {
+    pool: String,
+    pub max_wait: Duration,
+    enabled: bool,
+    state: Mutex<State>,
+    /// Mirror of the queue's length, read without the lock on every release.
+    waiting: AtomicUsize,
+}
+
+struct State {
+    queue: WaitQueue<oneshot::Sender<Lease>>,
+    drain: DrainRate,
+}
+
+/// Why a queued request did not get a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// The queue was full of waiters of this priority or higher.
+    QueueFull,
+    /// `max_wait` (or the request's deadline) passed first.
+    Timeout,
+    /// A higher-priority request took its place in a full queue.
+    Evicted,
+}
+
+impl Shed {
+    pub fn label(self) -> &'static str {
+        match self {
+            Shed::QueueFull => "queue_full",
+            Shed::Timeout => "queue_timeout",
+            Shed::Evicted => "evicted",
+        }
+    }
+}
+
+impl Admission {
+    pub fn new(pool: &str, cfg: &QueueConfig, now: Instant) -> Self {
+        Admission {
+            pool: pool.to_owned(),
+            max_wait: cfg.max_wait,
+            enabled: cfg.max_depth > 0,
+            state: Mutex::new(State {
+                queue: WaitQueue::new(cfg.max_depth as usize),
+                drain: DrainRate::new(now),
+            }),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn has_waiters(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+    }
+
+    pub fn depth(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    fn publish(&self, st: &State) {
+        let len = st.queue.len();
+        self.waiting.store(len, Ordering::Release);
+        metrics::queue_depth(&self.pool, len);
+    }
+
+    /// When a request turned away now could come back.
+    pub fn retry_after(&self, now: Instant) -> Duration {
+        let st = self.state();
+        st.drain.retry_after(st.queue.len(), now, self.max_wait)
+    }
+
+    /// Join the queue, or be turned away at once.
+    pub fn join(&self, priority: Priority, now: Instant) -> Result<Waiting<'_>, Shed> {
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.state();
+        let ticket = match st.queue.push(priority, now, tx) {
+            Pushed::Queued(t) => t,
+            // Dropping the evicted waiter's sender tells it it was shed.
+            Pushed::QueuedEvicting(t, _evicted) => t,
+            Pushed::Full(_) => return Err(Shed::QueueFull),
+        };
+        self.publish(&st);
+        Ok(Waiting {
+            admission: self,
+            ticket,
+            rx,
+            enqueued: now,
+        })
+    }
+
+    /// Give `lease` to the waiter at the head of the queue; returns it if
+    /// nobody is (still) waiting.
+    pub(super) fn hand_off(&self, mut lease: Lease) -> Option<Lease> {
+        let mut st = self.state();
+        while let Some((tx, enqueued)) = st.queue.pop() {
+            match tx.send(lease) {
+                Ok(()) => {
+                    let now = Instant::now();
+                    st.drain.record(now);
+                    self.publish(&st);
+                    metrics::queue_wait(
+                        &self.pool,
+                        now.saturating_duration_since(enqueued).as_secs_f64(),
+                    );
+                    return None;
+                }
+                // That waiter already gave up; try the next one.
+                Err(back) => lease = back,
+            }
+        }
+        self.publish(&st);
+        Some(lease)
+    }
+}
+
+/// A place in the queue; leaving it (drop) takes the entry out.
+pub struct Waiting<'a> {
+    admission: &'a Admission,
+    ticket: Ticket,
+    rx: oneshot::Receiver<Lease>,
+    enqueued: Instant,
+}
+
+impl Waiting<'_> {
+    /// Wait for a slot for at most `limit`.
+    pub async fn wait(mut self, limit: Duration) -> Result<Lease, Shed> {
+        match tokio::time::timeout(limit, &mut self.rx).await {
+            Ok(Ok(lease)) => Ok(lease),
+            Ok(Err(_)) => Err(Shed::Evicted),
+            Err(_) => {
+                tracing::debug!(pool = %self.admission.pool, waited = ?self.enqueued.elapsed(), "queue wait expired");
+                Err(Shed::Timeout)
+            }
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut st = self.admission.state();
+        if st.queue.remove(self.ticket).is_some() {
+            self.admission.publish(&st);
+        }
+        // A lease sent just as we gave up is in `rx`: dropping it passes
+        // the slot on to the next waiter.
+    }
+}
