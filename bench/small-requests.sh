@@ -17,12 +17,8 @@ WARMUP=${WARMUP:-2s}
 WRK_THREADS=${WRK_THREADS:-2}
 LOAD_PATH=/v1/models
 
-BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
-RESULTS_DIR=$BENCH_DIR/results
-
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------- prerequisites
 have_nginx() { command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]]; }
@@ -34,104 +30,16 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [[ -z ${BALLAST_BIN:-} ]]; then
     command -v cmake >/dev/null 2>&1 || need+=(cmake)
 fi
-if ((${#need[@]})); then
-    SUDO=()
-    if [[ $EUID -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "missing ${need[*]} and not root"
-        SUDO=(sudo)
-    fi
-    log "installing: ${need[*]}"
-    "${SUDO[@]}" apt-get update
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y "${need[@]}"
-fi
+apt_install "${need[@]}"
 NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
 
-if [[ -n ${BALLAST_BIN:-} ]]; then
-    BIN=$BALLAST_BIN
-else
-    log "building ballast (cargo build --release --bin ballast)"
-    (cd "$REPO_DIR" && cargo build --release --bin ballast)
-    BIN=$REPO_DIR/target/release/ballast
-fi
-[[ -x $BIN ]] || die "ballast binary not found: $BIN"
+build_ballast
 
 # ---------------------------------------------------------------- work dir, cleanup
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ballast-bench.XXXXXX")
-chmod 755 "$WORK" # nginx workers run as an unprivileged user when started as root
-PIDS=()
-SIGS=()
-
-start_bg() { # start_bg SIGNAL LOGFILE CMD...: run CMD in the background, remember its PID
-    local sig=$1 logf=$2
-    shift 2
-    "$@" >"$logf" 2>&1 &
-    PIDS+=("$!")
-    SIGS+=("$sig")
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local i pid
-    for i in "${!PIDS[@]}"; do
-        kill "-${SIGS[$i]}" "${PIDS[$i]}" 2>/dev/null || true
-    done
-    for i in "${!PIDS[@]}"; do
-        pid=${PIDS[$i]}
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "PID $pid did not stop; sending KILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ $rc -ne 0 ]]; then
-        for f in "$WORK"/*.log; do
-            [[ -s $f ]] || continue
-            log "--- last lines of $(basename "$f") ---"
-            tail -n 20 "$f" >&2 || true
-        done
-        log "work dir kept for inspection: $WORK"
-    elif [[ ${KEEP_WORKDIR:-0} == 1 ]]; then
-        log "work dir kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+setup_workdir
 
 # ---------------------------------------------------------------- ports
-# Bind every port at once so that they are distinct, then release them.
-read -r P1 P2 P3 BALLAST_PORT ADMIN_PORT NGINX_PORT < <(python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(6):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks:
-    s.close()
-EOF
-)
-
-wait_http() { # wait_http URL PID WHAT: poll until URL answers 200 (bounded, ~30s)
-    local url=$1 pid=$2 what=$3
-    for _ in $(seq 300); do
-        kill -0 "$pid" 2>/dev/null || die "$what exited during start-up"
-        if [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true) == 200 ]]; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    die "$what not ready after 30s ($url)"
-}
+read -r P1 P2 P3 BALLAST_PORT ADMIN_PORT NGINX_PORT < <(free_ports 6)
 
 # ---------------------------------------------------------------- backends
 log "starting 3 simulated backends on ports $P1 $P2 $P3"
@@ -260,11 +168,8 @@ kill -0 "$NGINX_PID" 2>/dev/null || die "nginx died during the run"
 curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" >"$WORK/ballast-metrics.txt" || true
 
 # ---------------------------------------------------------------- report
-mkdir -p "$RESULTS_DIR"
-[[ -f $RESULTS_DIR/.gitignore ]] || printf '*\n!.gitignore\n' >"$RESULTS_DIR/.gitignore"
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+setup_results
 JSON_OUT=$RESULTS_DIR/small-requests-$STAMP.json
-REV=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 URL_DIRECT=${URLS[direct]} URL_BALLAST=${URLS[ballast]} URL_NGINX=${URLS[nginx]} \
     STAMP=$STAMP REV=$REV CORES=$CORES LOAD_PATH=$LOAD_PATH CONNS=$CONNS DURATION=$DURATION \
