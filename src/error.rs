@@ -59,6 +59,16 @@ impl GatewayError {
         .with_retry_after(retry_after)
     }
 
+    /// The gateway host ran out of connections (file descriptors, ports).
+    pub fn overloaded() -> Self {
+        Self::new(
+            503,
+            "gateway_overloaded",
+            "the gateway cannot open more connections right now",
+        )
+        .with_retry_after(Duration::from_secs(1))
+    }
+
     pub fn upstream_failed(pool: &str) -> Self {
         Self::new(
             502,

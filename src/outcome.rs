@@ -16,6 +16,9 @@ pub enum Outcome {
     Reset,
     /// A response head arrived with this status.
     Status(u16),
+    /// The gateway itself ran out of something (file descriptors, ports,
+    /// memory) before reaching the backend: says nothing about the backend.
+    Local,
 }
 
 impl Outcome {
@@ -25,6 +28,7 @@ impl Outcome {
     pub fn is_server_failure(self) -> bool {
         match self {
             Outcome::ConnectError | Outcome::Timeout | Outcome::Reset => true,
+            Outcome::Local => false,
             Outcome::Status(code) => (500..600).contains(&code) && code != 501 && code != 505,
         }
     }
@@ -36,17 +40,20 @@ impl Outcome {
             Outcome::ConnectError => "connect_error".into(),
             Outcome::Timeout => "timeout".into(),
             Outcome::Reset => "reset".into(),
+            Outcome::Local => "local_error".into(),
             Outcome::Status(code) => metrics::status_label(code),
         }
     }
 
     /// The `route.retry.on` entry this outcome matches, if any could.
-    pub fn retry_on(self) -> RetryOn {
+    pub fn retry_on(self) -> Option<RetryOn> {
         match self {
-            Outcome::ConnectError => RetryOn::ConnectError,
-            Outcome::Timeout => RetryOn::Timeout,
-            Outcome::Reset => RetryOn::Reset,
-            Outcome::Status(code) => RetryOn::Status(code),
+            Outcome::ConnectError => Some(RetryOn::ConnectError),
+            Outcome::Timeout => Some(RetryOn::Timeout),
+            Outcome::Reset => Some(RetryOn::Reset),
+            Outcome::Status(code) => Some(RetryOn::Status(code)),
+            // Another server would hit the same local limit.
+            Outcome::Local => None,
         }
     }
 }
@@ -66,6 +73,8 @@ mod tests {
         assert!(Outcome::ConnectError.is_server_failure());
         assert!(Outcome::Timeout.is_server_failure());
         assert!(Outcome::Reset.is_server_failure());
+        assert!(!Outcome::Local.is_server_failure());
+        assert_eq!(Outcome::Local.retry_on(), None);
     }
 
     #[test]

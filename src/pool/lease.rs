@@ -37,9 +37,11 @@ impl Lease {
         self.probe
     }
 
-    /// Report how the attempt went; only the first report counts.
+    /// Report how the attempt went; only the first report counts. A local
+    /// failure (the gateway out of descriptors) says nothing about the
+    /// server and is not recorded.
     pub fn record(&mut self, outcome: Outcome, now: Instant) {
-        if self.recorded {
+        if self.recorded || outcome == Outcome::Local {
             return;
         }
         self.recorded = true;

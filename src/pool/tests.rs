@@ -183,3 +183,21 @@ fn waits_are_known_for_cooling_servers_only() {
     assert_eq!(q.until_ready(t0), None);
     assert_eq!(q.retry_after(t0), Duration::from_secs(10));
 }
+
+#[test]
+fn local_failures_neither_eject_nor_end_an_ejection() {
+    let p = pool(&[(1, 1)], 1);
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        let mut l = p.acquire(t0, &[]).unwrap();
+        l.record(Outcome::Local, t0);
+    }
+    assert_eq!(p.servers[0].availability(t0), Availability::Usable);
+    p.servers[0].record(true, t0);
+    let later = t0 + Duration::from_secs(10);
+    let mut probe = p.acquire(later, &[]).unwrap();
+    probe.record(Outcome::Local, later);
+    drop(probe);
+    // The probe told us nothing: the next request probes again.
+    assert!(p.acquire(later, &[]).unwrap().is_probe());
+}

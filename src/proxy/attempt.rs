@@ -31,8 +31,33 @@ pub struct Limits {
     pub first_byte: Duration,
 }
 
+/// Errors of this host, not of the backend: out of file descriptors,
+/// ephemeral ports or buffer memory.
+fn is_local_exhaustion(e: &Error) -> bool {
+    const ENOMEM: i32 = 12;
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const EADDRNOTAVAIL: i32 = 99;
+    const ENOBUFS: i32 = 105;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.root_cause());
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.raw_os_error(),
+                Some(ENOMEM | ENFILE | EMFILE | EADDRNOTAVAIL | ENOBUFS)
+            );
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// Classify a Pingora error from an exchange with a backend.
 pub fn classify(e: &Error) -> Outcome {
+    if is_local_exhaustion(e) {
+        tracing::warn!(error = %e, "the gateway is out of local resources (file descriptors or ports)");
+        return Outcome::Local;
+    }
     match e.etype() {
         ErrorType::ConnectTimedout
         | ErrorType::ConnectRefused
@@ -147,4 +172,34 @@ async fn exchange(
         done,
         first_byte_at: Instant::now(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora_error::ErrorType::{ConnectError, ConnectRefused, ReadError};
+
+    fn io(code: i32) -> std::io::Error {
+        std::io::Error::from_raw_os_error(code)
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_not_the_backends_fault() {
+        let e = Error::because(ConnectError, "opening a socket", io(24));
+        assert_eq!(classify(&e), Outcome::Local);
+        let e = Error::because(ConnectError, "binding", io(99));
+        assert_eq!(classify(&e), Outcome::Local);
+    }
+
+    #[test]
+    fn backend_failures_are_classified() {
+        let e = Error::because(ConnectRefused, "connecting", io(111));
+        assert_eq!(classify(&e), Outcome::ConnectError);
+        let e = Error::because(ReadError, "reading", io(104));
+        assert_eq!(classify(&e), Outcome::Reset);
+        assert_eq!(
+            classify(&Error::new(ErrorType::ReadTimedout)),
+            Outcome::Timeout
+        );
+    }
 }

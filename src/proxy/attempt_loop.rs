@@ -388,6 +388,7 @@ fn honest_busy(mut answer: Answer, outcome: Outcome, pool: &Pool, now: Instant) 
 pub(super) fn failure_error(pool: &str, outcome: Outcome) -> GatewayError {
     match outcome {
         Outcome::Timeout => GatewayError::upstream_timeout(pool),
+        Outcome::Local => GatewayError::overloaded(),
         _ => GatewayError::upstream_failed(pool),
     }
 }

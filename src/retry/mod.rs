@@ -72,7 +72,7 @@ pub fn decide<R: Rng + ?Sized>(
     at: Situation,
     rng: &mut R,
 ) -> Next {
-    if !cfg.on.contains(&outcome.retry_on()) {
+    if !outcome.retry_on().is_some_and(|on| cfg.on.contains(&on)) {
         return Next::Stop(Stop::Final);
     }
     if at.attempts >= cfg.attempts {
