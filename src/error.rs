@@ -7,6 +7,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayError {
     pub status: u16,
+    /// OpenAI's `type`: `gateway_error` for our own conditions,
+    /// `invalid_request_error` for a request the client must fix.
+    pub kind: &'static str,
+    /// The request field at fault, for invalid requests.
+    pub param: Option<String>,
     /// Stable machine-readable code, e.g. `upstream_busy`.
     pub code: &'static str,
     /// Human-readable; never contains credentials or internal addresses.
@@ -19,6 +24,8 @@ impl GatewayError {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
         GatewayError {
             status,
+            kind: "gateway_error",
+            param: None,
             code,
             message: message.into(),
             retry_after: None,
@@ -113,21 +120,51 @@ impl GatewayError {
         Self::new(400, "bad_request", message)
     }
 
+    /// A request the client must fix (OpenAI's `invalid_request_error`).
+    pub fn invalid_request(message: impl Into<String>, param: Option<String>) -> Self {
+        GatewayError {
+            kind: "invalid_request_error",
+            param,
+            ..Self::new(400, "invalid_request", message)
+        }
+    }
+
+    pub fn model_not_found(model: Option<&str>) -> Self {
+        let message = match model {
+            Some(m) => {
+                let shown: String = m.chars().take(100).collect();
+                format!("no route serves the model '{shown}'")
+            }
+            None => "this path needs a JSON body with a 'model'".to_owned(),
+        };
+        GatewayError {
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            ..Self::new(404, "model_not_found", message)
+        }
+    }
+
+    /// A body whose Content-Encoding we cannot or will not decode.
+    pub fn body(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(status, code, message)
+    }
+
     /// `Retry-After` in whole seconds, at least 1: a 0 would invite an
     /// immediate retry storm.
     pub fn retry_after_secs(&self) -> Option<u64> {
         self.retry_after.map(retry_after_secs)
     }
 
-    pub fn body(&self) -> String {
-        serde_json::json!({
-            "error": {
-                "message": self.message,
-                "type": "gateway_error",
-                "code": self.code,
-            }
-        })
-        .to_string()
+    pub fn json(&self) -> String {
+        let mut error = serde_json::json!({
+            "message": self.message,
+            "type": self.kind,
+            "code": self.code,
+        });
+        if let Some(param) = &self.param {
+            error["param"] = serde_json::Value::String(param.clone());
+        }
+        serde_json::json!({ "error": error }).to_string()
     }
 }
 
@@ -144,7 +181,7 @@ mod tests {
     #[test]
     fn body_is_openai_error_shape() {
         let e = GatewayError::no_capacity("deepseek", Duration::from_millis(1500));
-        let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
         assert_eq!(v["error"]["type"], "gateway_error");
         assert_eq!(v["error"]["code"], "upstream_unavailable");
         assert_eq!(
@@ -161,6 +198,22 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(10)), 1);
         assert_eq!(retry_after_secs(Duration::from_secs(3)), 3);
         assert_eq!(retry_after_secs(Duration::from_millis(3001)), 4);
+    }
+
+    #[test]
+    fn invalid_requests_name_the_field() {
+        let e = GatewayError::invalid_request(
+            "'messages' must be a non-empty array",
+            Some("messages".into()),
+        );
+        let v: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "messages");
+        assert_eq!(e.status, 400);
+        let e = GatewayError::model_not_found(Some("gpt-9"));
+        let v: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(e.status, 404);
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! acts.
 
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod metrics;
+pub mod openai;
 pub mod outcome;
 pub mod pool;
 pub mod proxy;

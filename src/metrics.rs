@@ -156,6 +156,21 @@ static SHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric ballast_shed_total registers")
 });
 
+static BODY_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_request_body_bytes_total",
+        "Request body bytes by content encoding, as received (wire) and after decoding (decoded)",
+        &["encoding", "stage"]
+    )
+    .expect("metric ballast_request_body_bytes_total registers")
+});
+
+pub fn body_bytes(encoding: &str, stage: &str, n: usize) {
+    BODY_BYTES
+        .with_label_values(&[encoding, stage])
+        .inc_by(n as u64);
+}
+
 pub fn queue_depth(pool: &str, depth: usize) {
     QUEUE_DEPTH
         .with_label_values(&[pool])
@@ -211,6 +226,7 @@ pub fn init() {
     LazyLock::force(&QUEUE_DEPTH);
     LazyLock::force(&QUEUE_WAIT);
     LazyLock::force(&SHED);
+    LazyLock::force(&BODY_BYTES);
     for kind in ["sse", "websocket"] {
         STREAMS_ACTIVE.with_label_values(&[kind]);
     }

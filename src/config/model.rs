@@ -102,6 +102,12 @@ pub struct RouteConfig {
     pub pool: usize,
     pub fallback: Vec<Fallback>,
     pub openai: bool,
+    /// OpenAI normalisation (with `openai = true`): clamp `max_tokens` /
+    /// `max_completion_tokens` to this.
+    pub max_tokens_limit: Option<u64>,
+    /// OpenAI normalisation: ask streams for a final usage chunk
+    /// (`stream_options.include_usage`) unless the client said.
+    pub stream_include_usage: bool,
     /// Queue priority of this route's requests.
     pub priority: Priority,
     /// Header a client may use to set its own priority (`high`, `normal`,

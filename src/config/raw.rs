@@ -133,6 +133,8 @@ pub(crate) struct RawRoute {
     pub fallback: Option<Vec<Spanned<RawFallback>>>,
     pub openai: Opt<bool>,
     pub priority: Opt<String>,
+    pub max_tokens_limit: Opt<i64>,
+    pub stream_include_usage: Opt<bool>,
     pub priority_header: Opt<String>,
     pub retry: Option<RawRetry>,
     pub timeouts: Option<RawTimeouts>,

@@ -138,6 +138,8 @@ fn example_file_parses_into_expected_model() {
             openai: false,
             priority: Priority::Normal,
             priority_header: None,
+            max_tokens_limit: None,
+            stream_include_usage: false,
             retry: default_retry(),
             timeouts: default_timeouts(),
         }],
@@ -369,6 +371,8 @@ fn defaults() {
             openai: false,
             priority: Priority::Normal,
             priority_header: None,
+            max_tokens_limit: None,
+            stream_include_usage: false,
             retry: default_retry(),
             timeouts: default_timeouts(),
         }]
@@ -407,21 +411,19 @@ fn load_reads_file() {
     assert_eq!(err.file, path.display().to_string());
 }
 
-/// `models` and `openai = true` are part of the contract but
-/// refused until body inspection exists, rather than silently ignored.
 #[test]
-fn routing_features_not_yet_built_are_refused() {
+fn models_and_openai_rules() {
     let text = MINIMAL.replace(
         "pool = \"p\"",
-        "pool = \"p\"\nmodels = [\"m\"]\nfallback = [{ pool = \"p\" }]\nopenai = true",
+        "pool = \"p\"\nmodels = [\"m\"]\nopenai = true\nmax_tokens_limit = 4096\nstream_include_usage = true",
     );
-    let p = problems(&text);
-    assert_eq!(p.len(), 2, "{p:#?}");
-    for key in ["route[0].models", "route[0].openai"] {
-        assert!(problem(&p, key)
-            .message
-            .contains("not supported by this build yet"));
-    }
+    let c = parse("t", &text).unwrap_or_else(|e| panic!("{e}"));
+    let r = &c.routes[0];
+    assert_eq!(r.models, vec!["m".to_owned()]);
+    assert!(r.openai && r.stream_include_usage);
+    assert_eq!(r.max_tokens_limit, Some(4096));
+    let bad = MINIMAL.replace("pool = \"p\"", "pool = \"p\"\nmax_tokens_limit = 0");
+    problem(&problems(&bad), "route[0].max_tokens_limit");
 }
 
 #[test]

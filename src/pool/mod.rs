@@ -308,11 +308,27 @@ impl Pool {
     /// Lease the best usable server, preferring ones not in `tried`
     /// (indices into `servers`).
     pub fn acquire(&self, now: Instant, tried: &[usize]) -> Result<Lease, NoServer> {
+        self.acquire_among(now, tried, false)
+    }
+
+    /// Lease a server this request has not tried; none free, but some at
+    /// their cap, is `at_capacity` (worth queueing for) rather than a
+    /// reason to go back to a server that just failed.
+    pub fn acquire_untried(&self, now: Instant, tried: &[usize]) -> Result<Lease, NoServer> {
+        self.acquire_among(now, tried, true)
+    }
+
+    fn acquire_among(
+        &self,
+        now: Instant,
+        tried: &[usize],
+        untried_only: bool,
+    ) -> Result<Lease, NoServer> {
         let mut at_capacity = false;
         let mut avail: Vec<(usize, Availability)> = Vec::with_capacity(self.servers.len());
         for (i, s) in self.servers.iter().enumerate() {
             let a = s.availability(now);
-            if !a.is_usable() {
+            if !a.is_usable() || (untried_only && tried.contains(&i)) {
                 continue;
             }
             if s.under_cap() {
@@ -373,14 +389,15 @@ impl Pool {
     }
 
     /// How long until some server can take a request again: zero if one
-    /// can now, the end of the earliest cooldown if they are only cooling.
-    /// `None` if every server is down or ejected: those are broken, not
-    /// busy, and a request is not held waiting for them.
+    /// is usable (at its cap, the queue hands it the next free slot), the
+    /// end of the earliest cooldown if they are only cooling. `None` if
+    /// every server is down or ejected: those are broken, not busy, and a
+    /// request is not held waiting for them.
     pub fn until_ready(&self, now: Instant) -> Option<Duration> {
         self.servers
             .iter()
             .filter_map(|s| match s.availability(now) {
-                a if a.is_usable() => s.under_cap().then_some(Duration::ZERO),
+                a if a.is_usable() => Some(Duration::ZERO),
                 Availability::Cooling { until } => Some(until.saturating_duration_since(now)),
                 _ => None,
             })
@@ -399,12 +416,13 @@ impl Pool {
             .min()
     }
 
-    /// A server this request has not tried could take it now.
+    /// A server this request has not tried is usable (perhaps at its cap,
+    /// in which case the retry waits in the queue for it).
     pub fn has_untried_usable(&self, now: Instant, tried: &[usize]) -> bool {
         self.servers
             .iter()
             .enumerate()
-            .any(|(i, s)| !tried.contains(&i) && s.under_cap() && s.availability(now).is_usable())
+            .any(|(i, s)| !tried.contains(&i) && s.availability(now).is_usable())
     }
 
     /// At least one server could take a request now (caps aside).

@@ -90,8 +90,13 @@ pub async fn run(
     match exchange(session, req, body, limits).await {
         Ok(answer) => Ok(answer),
         // A pooled connection the backend closed while idle says nothing
-        // about the backend: dial again once.
-        Err((Outcome::Reset, true)) if reused => {
+        // about the backend: dial again once. Only when the request cannot
+        // have been acted on: it failed while being sent, or it is
+        // idempotent. A POST the backend may have received is not sent
+        // twice behind `retry.on`'s back.
+        Err((Outcome::Reset, phase))
+            if reused && (phase == Phase::Sending || idempotent(&req.method)) =>
+        {
             tracing::debug!(server = %peer, "pooled connection was stale; redialing");
             let (session, _) = connector
                 .get_http_session(&peer)
@@ -105,36 +110,56 @@ pub async fn run(
     }
 }
 
-/// Send and wait for head + first byte. On error, also says whether nothing
-/// at all came back (so a stale pooled connection can be told apart).
+/// Where an exchange failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Writing the request: the backend has not got all of it.
+    Sending,
+    /// The request was sent; no response head yet.
+    Waiting,
+    /// The head came; the first body bytes did not.
+    Reading,
+}
+
+/// Methods a repeat of which changes nothing (RFC 9110 §9.2.2).
+fn idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Send and wait for head + first byte. On error, also says in which phase
+/// (so a stale pooled connection can be told apart).
 async fn exchange(
     mut session: HttpSession,
     req: &RequestHeader,
     body: &Bytes,
     limits: &Limits,
-) -> Result<Answer, (Outcome, bool)> {
+) -> Result<Answer, (Outcome, Phase)> {
     let work = async {
         session
             .write_request_header(Box::new(req.clone()))
             .await
-            .map_err(|e| (classify(&e), true))?;
+            .map_err(|e| (classify(&e), Phase::Sending))?;
         if !body.is_empty() {
             session
                 .write_request_body(body.clone(), true)
                 .await
-                .map_err(|e| (classify(&e), true))?;
+                .map_err(|e| (classify(&e), Phase::Sending))?;
         }
         session
             .finish_request_body()
             .await
-            .map_err(|e| (classify(&e), true))?;
+            .map_err(|e| (classify(&e), Phase::Sending))?;
         // Informational (1xx) heads are skipped, except a 101 that accepts
         // an upgrade: what follows it is the upgraded protocol, not a body.
         loop {
             session
                 .read_response_header()
                 .await
-                .map_err(|e| (classify(&e), true))?;
+                .map_err(|e| (classify(&e), Phase::Waiting))?;
             match session.response_header().map(|h| h.status.as_u16()) {
                 Some(101) => return Ok(None),
                 Some(100..=199) => continue,
@@ -150,7 +175,7 @@ async fn exchange(
                     break;
                 }
                 Ok(None) => break,
-                Err(e) => return Err((classify(&e), false)),
+                Err(e) => return Err((classify(&e), Phase::Reading)),
             }
         }
         Ok(first)
@@ -158,11 +183,11 @@ async fn exchange(
     let first = match fast_timeout(limits.first_byte, work).await {
         Ok(Ok(first)) => first,
         Ok(Err(e)) => return Err(e),
-        Err(_) => return Err((Outcome::Timeout, false)),
+        Err(_) => return Err((Outcome::Timeout, Phase::Waiting)),
     };
     let head = match session.response_header() {
         Some(h) => h.clone(),
-        None => return Err((Outcome::Reset, false)),
+        None => return Err((Outcome::Reset, Phase::Reading)),
     };
     let done = head.status != 101 && session.response_done();
     Ok(Answer {

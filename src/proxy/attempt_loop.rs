@@ -121,6 +121,9 @@ impl Gateway {
         let mut tried: Vec<usize> = Vec::new();
         let mut waits = 0u32;
         let mut last: Option<Outcome> = None;
+        // A retry that goes "at once" goes to a server not tried yet, even
+        // if that means queueing for it.
+        let mut untried_only = false;
         loop {
             let now = Instant::now();
             let remaining = req.deadline.saturating_duration_since(now);
@@ -131,6 +134,8 @@ impl Gateway {
             // Requests already waiting go first: join the queue behind them.
             let acquired = if pool.admission.has_waiters() {
                 Err(None)
+            } else if untried_only {
+                pool.acquire_untried(now, &tried).map_err(Some)
             } else {
                 pool.acquire(now, &tried).map_err(Some)
             };
@@ -138,9 +143,11 @@ impl Gateway {
                 Ok(lease) => lease,
                 Err(no) if no.is_none_or(|n| n.at_capacity) && pool.admission.enabled() => {
                     let limit = pool.admission.max_wait.min(remaining);
-                    match unless_client_leaves(session, self.queue_for(pool, req.priority, limit))
-                        .await
-                    {
+                    // A retry waiting for an untried server must not be fed
+                    // the free slot of the server that just failed it.
+                    let feed = !untried_only;
+                    let queued = self.queue_for(pool, req.priority, limit, feed);
+                    match unless_client_leaves(session, queued).await {
                         None => return PoolEnd::Done(false),
                         Some(Ok(lease)) => lease,
                         Some(Err(shed)) => {
@@ -221,6 +228,7 @@ impl Gateway {
             }
             let stop = match next {
                 Next::Now => {
+                    untried_only = true;
                     metrics::retry(&route.name, &outcome.label());
                     tracing::debug!(route = %route.name, server = %server.addr, outcome = %outcome.label(), "retrying on another server");
                     continue;
@@ -231,6 +239,7 @@ impl Gateway {
                     // Free the server (and the connection) while we wait.
                     drop(result);
                     drop(lease);
+                    untried_only = false;
                     if unless_client_leaves(session, tokio::time::sleep(wait))
                         .await
                         .is_none()
@@ -275,16 +284,18 @@ impl Gateway {
         }
     }
 
-    /// Wait in `pool`'s queue for a slot, feeding it any capacity that is
-    /// free right now (a server may have come back without freeing a slot).
+    /// Wait in `pool`'s queue for a slot. With `feed`, first give the
+    /// queue any capacity that is free right now (a server may have come
+    /// back without freeing a slot).
     async fn queue_for(
         &self,
         pool: &Pool,
         priority: Priority,
         limit: std::time::Duration,
+        feed: bool,
     ) -> Result<Lease, Shed> {
         let waiting = pool.admission.join(priority, Instant::now())?;
-        while pool.admission.has_waiters() {
+        while feed && pool.admission.has_waiters() {
             match pool.acquire(Instant::now(), &[]) {
                 // Dropping a lease hands its slot to the head of the queue.
                 Ok(lease) => drop(lease),
@@ -322,14 +333,11 @@ impl Gateway {
         let end = if answer.head.status == 101 {
             upgrade::splice(session, answer, route.timeouts.websocket_idle).await
         } else {
-            respond::forward(
-                session,
-                answer,
-                &self.connector,
-                server.peer(),
-                route.timeouts.stream_idle,
-            )
-            .await
+            let how = respond::Forwarding {
+                stream_idle: route.timeouts.stream_idle,
+                require_done: route.openai,
+            };
+            respond::forward(session, answer, &self.connector, server.peer(), &how).await
         };
         log.forwarded = Some(end);
         drop(lease);

@@ -44,6 +44,8 @@ pub struct Forwarding<'a> {
     pub body_len: usize,
     /// The client asks to switch protocols (WebSocket): keep `Upgrade`.
     pub upgrade: bool,
+    /// The body was decoded: its `Content-Encoding` no longer applies.
+    pub decoded: bool,
 }
 
 /// Build the request head sent to the backend (always HTTP/1.1).
@@ -65,6 +67,7 @@ pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding<'_>) -> Result<
         if name == header::HOST
             || name == header::CONTENT_LENGTH
             || name == header::EXPECT
+            || (fwd.decoded && name == header::CONTENT_ENCODING)
             || name.as_str() == "x-forwarded-for"
             || name.as_str() == "x-forwarded-proto"
         {
@@ -193,6 +196,7 @@ mod tests {
             authorization: None,
             body_len: 12,
             upgrade: false,
+            decoded: false,
         }
     }
 

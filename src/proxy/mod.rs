@@ -5,6 +5,8 @@
 mod access_log;
 mod attempt;
 mod attempt_loop;
+mod compress;
+mod edge;
 mod fallback;
 mod headers;
 mod request;
@@ -65,27 +67,32 @@ impl Gateway {
             return self.reject(session, log, &e).await;
         }
         let path = session.req_header().uri.path().to_owned();
-        let Some(route_idx) = self.routes.find(&path) else {
+        if !self.routes.path_matches(&path) {
             let keep = session.is_body_empty();
             let ok = self
                 .reply(session, log, &GatewayError::no_route(&path))
                 .await;
             return ok && keep;
-        };
-        let route = &self.config.routes[route_idx];
-        let pool = &self.pools[route.pool];
-        log.route = Some(&route.name);
-        log.pool = Some(&pool.name);
-
-        let deadline = log.start + route.timeouts.total;
+        }
+        // The route may depend on the body (its model): until it is known,
+        // the body may take as long as the most patient candidate allows.
+        let body_deadline = log.start
+            + self
+                .config
+                .routes
+                .iter()
+                .filter(|r| path.starts_with(&r.path_prefix))
+                .map(|r| r.timeouts.total)
+                .max()
+                .unwrap_or_default();
         if request::expects_continue(session.req_header()) {
             // The request is routable and within limits: invite the body.
             if session.write_continue_response().await.is_err() {
                 return false;
             }
         }
-        let body = match fast_timeout(
-            deadline.saturating_duration_since(Instant::now()),
+        let wire = match fast_timeout(
+            body_deadline.saturating_duration_since(Instant::now()),
             request::read_body(session, limits.max_request_body),
         )
         .await
@@ -94,11 +101,25 @@ impl Gateway {
             Ok(Err(ReadError::Reject(e))) => return self.reject(session, log, &e).await,
             Ok(Err(ReadError::Gone)) => return false,
             Err(_) => {
-                return self
-                    .reject(session, log, &GatewayError::deadline(&route.name))
-                    .await
+                let err = GatewayError::new(
+                    408,
+                    "request_timeout",
+                    "the request body did not arrive in time",
+                );
+                return self.reject(session, log, &err).await;
             }
         };
+        let prepared = match edge::prepare(&self.config, &self.routes, session.req_header(), wire) {
+            Ok(p) => p,
+            Err(e) => return self.reply(session, log, &e).await,
+        };
+        let route_idx = prepared.route_idx;
+        let body = prepared.body;
+        let route = &self.config.routes[route_idx];
+        let pool = &self.pools[route.pool];
+        log.route = Some(&route.name);
+        log.pool = Some(&pool.name);
+        let deadline = log.start + route.timeouts.total;
 
         let client_ip = session
             .client_addr()
@@ -111,6 +132,7 @@ impl Gateway {
             authorization: pool.authorization.as_deref(),
             body_len: body.len(),
             upgrade: session.is_upgrade_req(),
+            decoded: prepared.decoded,
         };
         let up_req = match headers::upstream_request(session.req_header(), &fwd) {
             Ok(r) => r,

@@ -5,6 +5,7 @@
 //! event stream first gets an explicit error event.
 
 use super::attempt::Answer;
+use super::compress::Compressor;
 use super::headers;
 use crate::error::GatewayError;
 use crate::metrics;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 
 pub async fn gateway_error(session: &mut ServerSession, err: &GatewayError) -> bool {
-    let body = Bytes::from(err.body());
+    let body = Bytes::from(err.json());
     let mut head = match ResponseHeader::build(err.status, Some(4)) {
         Ok(h) => h,
         Err(e) => {
@@ -60,6 +61,9 @@ pub enum Forwarded {
     UpstreamBroken,
     /// The backend went silent for `stream_idle` mid-body; aborted likewise.
     UpstreamStalled,
+    /// An OpenAI event stream ended without `data: [DONE]`: a truncated
+    /// answer, aborted likewise.
+    MissingDone,
 }
 
 impl Forwarded {
@@ -69,6 +73,7 @@ impl Forwarded {
             Forwarded::ClientGone => "client_gone",
             Forwarded::UpstreamBroken => "upstream_broken",
             Forwarded::UpstreamStalled => "upstream_stalled",
+            Forwarded::MissingDone => "missing_done",
         }
     }
 }
@@ -89,6 +94,7 @@ pub fn is_event_stream(head: &ResponseHeader) -> bool {
 fn interrupted_event(end: Forwarded) -> Bytes {
     let message = match end {
         Forwarded::UpstreamStalled => "the upstream stopped sending mid-stream",
+        Forwarded::MissingDone => "the upstream ended the stream mid-answer (no [DONE])",
         _ => "the upstream failed mid-stream",
     };
     let event = serde_json::json!({
@@ -101,12 +107,19 @@ fn interrupted_event(end: Forwarded) -> Bytes {
     Bytes::from(format!("data: {event}\n\n"))
 }
 
+/// How a response is forwarded (per route).
+pub struct Forwarding {
+    pub stream_idle: Duration,
+    /// An event stream must end with `data: [DONE]` (OpenAI routes).
+    pub require_done: bool,
+}
+
 pub async fn forward(
     session: &mut ServerSession,
     answer: Answer,
     connector: &Connector,
     peer: &HttpPeer,
-    stream_idle: Duration,
+    how: &Forwarding,
 ) -> Forwarded {
     let Answer {
         session: mut upstream,
@@ -121,10 +134,30 @@ pub async fn forward(
         // Tell buffering proxies in front of us to pass tokens on at once.
         let _ = head.insert_header("x-accel-buffering", "no");
     }
+    let accept_encoding = session
+        .req_header()
+        .headers
+        .get(http::header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = Body {
+        compressor: Compressor::for_response(accept_encoding.as_deref(), &mut head, sse),
+        done_watch: (sse && how.require_done).then(DoneWatch::default),
+        flushed: false,
+    };
     let started = Instant::now();
     let _active = sse.then(|| metrics::ActiveStream::new("sse"));
 
-    let end = pump(session, &mut upstream, head, first, done, stream_idle).await;
+    let end = pump(
+        session,
+        &mut upstream,
+        head,
+        first,
+        done,
+        how.stream_idle,
+        body,
+    )
+    .await;
     if sse {
         metrics::stream_done("sse", started.elapsed().as_secs_f64());
     }
@@ -143,7 +176,7 @@ pub async fn forward(
             upstream.shutdown().await;
             metrics::stream_abort(end.label());
         }
-        Forwarded::UpstreamBroken | Forwarded::UpstreamStalled => {
+        Forwarded::UpstreamBroken | Forwarded::UpstreamStalled | Forwarded::MissingDone => {
             upstream.shutdown().await;
             metrics::stream_abort(end.label());
             if sse {
@@ -160,6 +193,67 @@ pub async fn forward(
     end
 }
 
+/// What happens to body bytes on their way to the client.
+struct Body {
+    compressor: Compressor,
+    done_watch: Option<DoneWatch>,
+    /// The compressor has been told the body ended.
+    flushed: bool,
+}
+
+impl Body {
+    fn pass(&mut self, chunk: Bytes, end: bool) -> Bytes {
+        if let Some(w) = &mut self.done_watch {
+            w.feed(&chunk);
+        }
+        self.flushed |= end;
+        self.compressor.chunk(chunk, end)
+    }
+
+    fn complete(&self) -> bool {
+        self.done_watch.as_ref().is_none_or(DoneWatch::seen)
+    }
+}
+
+/// Watches an event stream for its `data: [DONE]` terminator, which may
+/// arrive split across chunks.
+#[derive(Default)]
+pub struct DoneWatch {
+    tail: Vec<u8>,
+    seen: bool,
+}
+
+const DONE: &[u8] = b"data: [DONE]";
+
+impl DoneWatch {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.seen || chunk.is_empty() {
+            return;
+        }
+        self.tail.extend_from_slice(chunk);
+        if self.tail.windows(DONE.len()).any(|w| w == DONE) {
+            self.seen = true;
+        }
+        let keep = DONE.len() - 1;
+        if self.tail.len() > keep {
+            self.tail.drain(..self.tail.len() - keep);
+        }
+    }
+
+    pub fn seen(&self) -> bool {
+        self.seen
+    }
+}
+
+/// Write body bytes; an empty non-final write is skipped (for chunked h1
+/// it would end the body).
+async fn write(session: &mut ServerSession, bytes: Bytes, end: bool) -> bool {
+    if bytes.is_empty() && !end {
+        return true;
+    }
+    session.write_response_body(bytes, end).await.is_ok()
+}
+
 /// Copy the response to the client until it ends one way or another.
 async fn pump(
     session: &mut ServerSession,
@@ -168,12 +262,14 @@ async fn pump(
     first: Option<Bytes>,
     done: bool,
     stream_idle: Duration,
+    mut body: Body,
 ) -> Forwarded {
     if session.write_response_header(Box::new(head)).await.is_err() {
         return Forwarded::ClientGone;
     }
     if let Some(chunk) = first {
-        if session.write_response_body(chunk, done).await.is_err() {
+        let out = body.pass(chunk, done);
+        if !write(session, out, false).await {
             return Forwarded::ClientGone;
         }
     }
@@ -182,7 +278,8 @@ async fn pump(
         tokio::select! {
             read = fast_timeout(stream_idle, upstream.read_response_body()) => match read {
                 Ok(Ok(Some(chunk))) => {
-                    if !chunk.is_empty() && session.write_response_body(chunk, false).await.is_err() {
+                    let out = body.pass(chunk, false);
+                    if !write(session, out, false).await {
                         return Forwarded::ClientGone;
                     }
                 }
@@ -198,8 +295,42 @@ async fn pump(
             _ = session.read_body_or_idle(true) => return Forwarded::ClientGone,
         }
     }
+    if !body.complete() {
+        return Forwarded::MissingDone;
+    }
+    if body.compressor.is_active() && !body.flushed {
+        // The compressed stream's own ending (e.g. the gzip trailer).
+        let tail = body.pass(Bytes::new(), true);
+        if !write(session, tail, false).await {
+            return Forwarded::ClientGone;
+        }
+    }
     if session.finish_body().await.is_err() {
         return Forwarded::ClientGone;
     }
     Forwarded::Complete
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DoneWatch;
+
+    #[test]
+    fn done_is_found_across_chunk_boundaries() {
+        let mut w = DoneWatch::default();
+        w.feed(b"data: {\"x\":1}\n\ndata: [DO");
+        assert!(!w.seen());
+        w.feed(b"NE]\n\n");
+        assert!(w.seen());
+
+        let mut w = DoneWatch::default();
+        for b in b"data: {}\n\ndata: [DONE]\n\n" {
+            w.feed(&[*b]);
+        }
+        assert!(w.seen());
+
+        let mut w = DoneWatch::default();
+        w.feed(b"data: {\"content\":\"[DONE\"}\n\n");
+        assert!(!w.seen());
+    }
 }

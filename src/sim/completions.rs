@@ -43,6 +43,7 @@ pub(crate) async fn completion(
     req: &Request,
     chat: bool,
     cut: Option<Cut>,
+    omit_done: bool,
 ) -> Flow {
     let body: Value = match serde_json::from_slice(&req.body) {
         Ok(v @ Value::Object(_)) => v,
@@ -76,6 +77,7 @@ pub(crate) async fn completion(
             finish,
             base,
             usage: include_usage.then_some(usage),
+            omit_done,
         };
         return stream.run(shared, conn, req.keep_alive, cut).await;
     }
@@ -112,6 +114,7 @@ struct Stream {
     finish: &'static str,
     base: Value,
     usage: Option<Value>,
+    omit_done: bool,
 }
 
 impl Stream {
@@ -184,7 +187,9 @@ impl Stream {
             v["usage"] = usage.clone();
             tail.extend(http::chunk(format!("data: {v}\n\n").as_bytes()));
         }
-        tail.extend(http::chunk(b"data: [DONE]\n\n"));
+        if !self.omit_done {
+            tail.extend(http::chunk(b"data: [DONE]\n\n"));
+        }
         tail.extend_from_slice(http::LAST_CHUNK);
         if conn.write(&tail).await.is_err() {
             shared.count_disconnect();

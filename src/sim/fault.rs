@@ -31,6 +31,9 @@ pub enum FaultKind {
     /// Stream `after_tokens` tokens, then go silent with the socket open. A
     /// non-streamed response stalls half-way through its body.
     StallMidStream { after_tokens: u32 },
+    /// Stream every token and end the body cleanly, but leave out
+    /// `data: [DONE]` (a backend that lost the end of an answer).
+    EndWithoutDone,
 }
 
 /// A fault plus an optional extra delay before the response head and an
@@ -136,6 +139,7 @@ impl FromStr for FaultKind {
             "none" | "" if args.is_empty() => FaultKind::None,
             "hang" if args.is_empty() => FaultKind::Hang,
             "reset" if args.is_empty() => FaultKind::Reset,
+            "end-without-done" if args.is_empty() => FaultKind::EndWithoutDone,
             "close-mid-stream" => FaultKind::CloseMidStream {
                 after_tokens: number("token count")?,
             },
@@ -175,6 +179,7 @@ impl fmt::Display for FaultKind {
             },
             FaultKind::Hang => write!(f, "hang"),
             FaultKind::Reset => write!(f, "reset"),
+            FaultKind::EndWithoutDone => write!(f, "end-without-done"),
             FaultKind::CloseMidStream { after_tokens } => {
                 write!(f, "close-mid-stream:{after_tokens}")
             }

@@ -133,8 +133,9 @@ async fn traffic(shared: &Arc<Shared>, conn: &mut Conn, req: &Request) -> Flow {
             return Flow::Close;
         }
     }
+    let omit_done = fault.kind == FaultKind::EndWithoutDone;
     let cut = match fault.kind {
-        FaultKind::None => None,
+        FaultKind::None | FaultKind::EndWithoutDone => None,
         FaultKind::Status { code, retry_after } => {
             let msg = format!("simulated {code} from {}", shared.name);
             let mut reply = Reply::error(code, &msg);
@@ -156,10 +157,10 @@ async fn traffic(shared: &Arc<Shared>, conn: &mut Conn, req: &Request) -> Flow {
     let reply = match (req.method.as_str(), req.path.as_str()) {
         (_, "/ws") => return ws::serve(shared, conn, req, cut).await,
         ("POST", "/v1/chat/completions") => {
-            return completions::completion(shared, conn, req, true, cut).await
+            return completions::completion(shared, conn, req, true, cut, omit_done).await
         }
         ("POST", "/v1/completions") => {
-            return completions::completion(shared, conn, req, false, cut).await
+            return completions::completion(shared, conn, req, false, cut, omit_done).await
         }
         ("GET" | "HEAD", "/v1/models") => Reply::json(
             200,

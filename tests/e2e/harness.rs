@@ -123,6 +123,11 @@ impl Gateway {
         }
     }
 
+    /// The gateway process's pid (for /proc readings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("ballast.log")).unwrap_or_default()
     }

@@ -43,7 +43,12 @@ async fn the_openai_client_gets_whole_answers_and_raises_on_a_cut_stream() {
         },
     )
     .await;
-    let gw = Gateway::one_pool(&[a.addr().to_string()], "max_fails = 0").await;
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        pool_toml("p", &[a.addr().to_string()], "max_fails = 0"),
+        route_toml("chat", "/v1/", "p", "openai = true")
+    ))
+    .await;
 
     let chat = run(&gw, "chat").await;
     assert_eq!(chat["ok"], true, "{chat}");
@@ -52,6 +57,17 @@ async fn the_openai_client_gets_whole_answers_and_raises_on_a_cut_stream() {
     let stream = run(&gw, "stream").await;
     assert_eq!(stream["ok"], true, "{stream}");
     assert_eq!(stream["chunks"], 60);
+
+    let bad = run(&gw, "malformed").await;
+    assert_eq!(bad["ok"], false, "{bad}");
+    assert_eq!(bad["error_type"], "BadRequestError", "{bad}");
+    assert_eq!(bad["status"], 400, "{bad}");
+    assert_eq!(bad["param"], "messages", "{bad}");
+    assert_eq!(
+        a.stats().requests,
+        2,
+        "the malformed request reached the backend"
+    );
 
     a.set_fault(Fault::new(FaultKind::CloseMidStream { after_tokens: 40 }));
     let cut = run(&gw, "stream").await;

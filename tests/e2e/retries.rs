@@ -347,3 +347,69 @@ async fn wait_for(cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waits_for_a_busy_healthy_server_rather_than_failing() {
+    let flaky = sim("flaky").await;
+    flaky.set_fault(busy(503, None));
+    let good = sim("good").await;
+    good.set_fault(latency(Duration::from_millis(300)));
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        pool_toml(
+            "p",
+            &[flaky.addr().to_string(), good.addr().to_string()],
+            "max_conns = 1\nmax_fails = 0"
+        ),
+        route_toml("r", "/", "p", "[route.retry]\nattempts = 2")
+    ))
+    .await;
+    // One request lands on each server; the 503 is retried on the good
+    // one, which is at its cap: the retry queues for it instead of failing.
+    let both = join_all((0..2).map(|_| gw.client.get(gw.url("/x")).send())).await;
+    for r in both {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    assert_eq!(flaky.stats().requests, 1);
+    assert_eq!(good.stats().requests, 2);
+    assert!(good.stats().peak_in_flight <= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_the_backend_may_have_received_is_never_sent_twice() {
+    let a = sim("a").await;
+    let gw = Gateway::one_pool(&[a.addr().to_string()], "max_fails = 0").await;
+    // Warm a pooled connection.
+    assert_eq!(
+        gw.client
+            .get(gw.url("/warm"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // The backend takes the POST, works on it, then resets the (pooled)
+    // connection: `reset` is not in retry.on, so the client is told.
+    a.set_fault(Fault {
+        kind: FaultKind::Reset,
+        latency: Some(Duration::from_millis(200)),
+        times: Some(1),
+    });
+    let r = gw
+        .client
+        .post(gw.url("/work"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let posts = a.stats().log.iter().filter(|r| r.method == "POST").count();
+    assert_eq!(posts, 1, "the POST was replayed");
+    assert_eq!(
+        gw.metric("ballast_upstream_attempts_total", &[("outcome", "reset")])
+            .await,
+        1.0
+    );
+}

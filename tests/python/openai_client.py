@@ -27,6 +27,9 @@ def main() -> None:
                     parts.append(chunk.choices[0].delta.content)
             out["content"] = "".join(parts)
             out["chunks"] = len(parts)
+        elif scenario == "malformed":
+            # The SDK does not check types; the gateway must.
+            client.chat.completions.create(model="sim-model", messages="hi")
         else:
             raise SystemExit(f"unknown scenario {scenario}")
         out["ok"] = True
@@ -36,6 +39,8 @@ def main() -> None:
         out["message"] = str(e)
         body = getattr(e, "body", None)
         out["code"] = body.get("code") if isinstance(body, dict) else None
+        out["param"] = body.get("param") if isinstance(body, dict) else None
+        out["status"] = getattr(e, "status_code", None)
     except Exception as e:  # noqa: BLE001 - report anything else as is
         out["ok"] = False
         out["error_type"] = type(e).__name__

@@ -164,10 +164,8 @@ fn duplicate_route_names() {
 fn same_prefix_without_models() {
     let text = format!("{MINIMAL}\n[[route]]\nname = \"r2\"\npool = \"p\"\n[[route]]\nname = \"r3\"\nmodels = [\"m\"]\npool = \"p\"\n");
     let p = problems(&text);
-    // The second: `models` itself is not supported yet.
-    assert_eq!(p.len(), 2, "{p:#?}");
+    assert_eq!(p.len(), 1, "{p:#?}");
     assert_eq!((p[0].key.as_str(), p[0].line), ("route[1].path_prefix", 11));
-    problem(&p, "route[2].models");
 }
 
 #[test]

@@ -178,22 +178,18 @@ impl Checker<'_> {
             let model = self.non_empty(&f.get_ref().model, &fkey("model"));
             fallback.push(Fallback { pool, model });
         }
-        // Accepted by the schema (it is the public contract) but refused until
-        // body inspection lands: silently ignoring them would misroute traffic.
-        if let Some(m) = raw.models.as_ref().and_then(|m| m.first()) {
-            self.report(
-                Some(m.span()),
-                key("models"),
-                "model-based routing is not supported by this build yet; leave `models` empty",
-            );
-        }
-        if let Some(o) = raw.openai.as_ref().filter(|o| *o.get_ref()) {
-            self.report(
-                Some(o.span()),
-                key("openai"),
-                "OpenAI body inspection is not supported by this build yet; set `openai = false`",
-            );
-        }
+        let max_tokens_limit = raw.max_tokens_limit.as_ref().and_then(|n| {
+            if *n.get_ref() >= 1 {
+                u64::try_from(*n.get_ref()).ok()
+            } else {
+                self.report(
+                    Some(n.span()),
+                    key("max_tokens_limit"),
+                    "must be at least 1",
+                );
+                None
+            }
+        });
         let priority = match &raw.priority {
             None => Priority::Normal,
             Some(p) => Priority::parse(p.get_ref()).unwrap_or_else(|| {
@@ -228,6 +224,11 @@ impl Checker<'_> {
             pool,
             fallback,
             openai: raw.openai.as_ref().is_some_and(|o| *o.get_ref()),
+            max_tokens_limit,
+            stream_include_usage: raw
+                .stream_include_usage
+                .as_ref()
+                .is_some_and(|b| *b.get_ref()),
             priority,
             priority_header,
             retry: self.retry(i, raw.retry.as_ref()),
