@@ -144,14 +144,10 @@ async fn a_stream_that_never_starts_fails_over_invisibly() {
         }
         assert!(a.stats().requests > 0, "{what}: A never tried");
         // A's abandoned attempts were closed, not left hanging.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while a.stats().disconnects_mid_response < a.stats().requests {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: A's connection was not closed"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until(&format!("{what}: A's connections closed"), || {
+            a.stats().disconnects_mid_response >= a.stats().requests
+        })
+        .await;
     }
 }
 
@@ -210,14 +206,10 @@ async fn a_stalled_stream_is_ended_after_stream_idle() {
     assert_eq!(token_events(&text), 5);
     assert!(text.contains("upstream_stream_interrupted"), "{text}");
     // The gateway closed the stalled backend connection.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while a.stats().disconnects_mid_response == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "stalled backend connection left open"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("stalled backend connection left open", || {
+        a.stats().disconnects_mid_response > 0
+    })
+    .await;
     gw.wait_metric(
         "ballast_stream_aborts_total",
         &[("reason", "upstream_stalled")],
@@ -250,14 +242,10 @@ async fn a_client_that_leaves_cancels_the_backend_at_once() {
     );
     drop(s);
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while a.stats().disconnects_mid_response == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "backend never saw the client leave"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("backend never saw the client leave", || {
+        a.stats().disconnects_mid_response > 0
+    })
+    .await;
     gw.wait_server(&server, "idle", |s| s["outstanding"] == 0)
         .await;
     gw.wait_metric("ballast_streams_active", &[("kind", "sse")], 0.0)
@@ -276,14 +264,10 @@ async fn a_client_that_leaves_cancels_the_backend_at_once() {
         .send()
         .await
         .is_err());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while a.stats().disconnects_mid_response == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "backend kept a request nobody waits for"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("backend kept a request nobody waits for", || {
+        a.stats().disconnects_mid_response > 0
+    })
+    .await;
     gw.wait_server(&server, "idle", |s| s["outstanding"] == 0)
         .await;
 }

@@ -4,7 +4,7 @@
 use crate::harness::*;
 use ballast::sim::SimServer;
 use futures_util::{SinkExt, StreamExt};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -110,14 +110,10 @@ async fn messages_of_every_kind_pass_both_ways() {
         }
         other => panic!("expected the echoed close, got {other:?}"),
     }
-    let deadline = Instant::now() + WAIT;
-    while a.stats().ws_last_close_code != Some(4000) {
-        assert!(
-            Instant::now() < deadline,
-            "backend never got the close code"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("backend never got the close code", || {
+        a.stats().ws_last_close_code == Some(4000)
+    })
+    .await;
     gw.wait_metric("ballast_streams_active", &[("kind", "websocket")], 0.0)
         .await;
     assert_eq!(
@@ -171,11 +167,7 @@ async fn websocket_idle_closes_a_silent_socket() {
     let end = timeout(WAIT, ws.next()).await.expect("closed in time");
     let data = matches!(&end, Some(Ok(Message::Text(_) | Message::Binary(_))));
     assert!(!data, "{end:?}");
-    let deadline = Instant::now() + WAIT;
-    while a.stats().websockets_closed == 0 {
-        assert!(Instant::now() < deadline, "backend side left open");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("backend side left open", || a.stats().websockets_closed > 0).await;
 }
 
 /// A client that sends WebSocket bytes right behind its upgrade request
