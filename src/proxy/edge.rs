@@ -29,8 +29,9 @@ pub fn prepare(
     let path = req.uri.path();
     let (body, decoded) = decode(config, req, wire)?;
 
-    let looks_openai = req.method == http::Method::POST && Endpoint::from_path(path).is_some();
-    let model = (routes.needs_model(path) || looks_openai)
+    // The body is parsed for routing only when some route names models.
+    let model = routes
+        .needs_model(path)
         .then(|| openai::peek_model(&body))
         .flatten();
     let route_idx = routes.find(path, model.as_deref()).map_err(|e| match e {
