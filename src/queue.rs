@@ -1,8 +1,9 @@
 //! A pool's admission queue: where requests wait when every usable server
 //! is at its `max_conns`. Bounded; higher priority is served first and FIFO
-//! within a priority; when full, a newcomer may push out the newest waiter
-//! of a lower priority, otherwise it is turned away. Pure data: waiting,
-//! timers and hand-off live in `pool::admission`.
+//! within a priority; a waiter whose deadline has passed is never served
+//! and makes room; when full, a newcomer may push out the newest waiter of
+//! a lower priority, otherwise it is turned away. Pure data, time passed
+//! in: waiting, timers and hand-off live in `pool::admission`.
 
 use crate::config::Priority;
 use std::collections::VecDeque;
@@ -13,6 +14,8 @@ pub type Ticket = u64;
 struct Entry<T> {
     ticket: Ticket,
     enqueued: Instant,
+    /// Past this the waiter has given up (or is about to): skip it.
+    deadline: Instant,
     item: T,
 }
 
@@ -59,8 +62,24 @@ impl<T> WaitQueue<T> {
         self.classes.iter().all(VecDeque::is_empty)
     }
 
-    pub fn push(&mut self, priority: Priority, now: Instant, item: T) -> Pushed<T> {
+    /// Drop waiters whose deadline has passed.
+    fn purge(&mut self, now: Instant) {
+        for q in &mut self.classes {
+            q.retain(|e| e.deadline > now);
+        }
+    }
+
+    pub fn push(
+        &mut self,
+        priority: Priority,
+        now: Instant,
+        deadline: Instant,
+        item: T,
+    ) -> Pushed<T> {
         let mut evicted = None;
+        if self.len() >= self.max_depth {
+            self.purge(now);
+        }
         if self.len() >= self.max_depth {
             // Shed the newest of the lowest class below ours, if any.
             let lower = (0..class(priority)).find(|&c| !self.classes[c].is_empty());
@@ -74,6 +93,7 @@ impl<T> WaitQueue<T> {
         self.classes[class(priority)].push_back(Entry {
             ticket,
             enqueued: now,
+            deadline,
             item,
         });
         match evicted {
@@ -82,13 +102,17 @@ impl<T> WaitQueue<T> {
         }
     }
 
-    /// The next waiter to serve: highest priority, oldest first.
-    pub fn pop(&mut self) -> Option<(T, Instant)> {
-        self.classes
-            .iter_mut()
-            .rev()
-            .find_map(VecDeque::pop_front)
-            .map(|e| (e.item, e.enqueued))
+    /// The next waiter to serve: highest priority, oldest first, skipping
+    /// (and dropping) any whose deadline has passed.
+    pub fn pop(&mut self, now: Instant) -> Option<(T, Instant)> {
+        for q in self.classes.iter_mut().rev() {
+            while let Some(e) = q.pop_front() {
+                if e.deadline > now {
+                    return Some((e.item, e.enqueued));
+                }
+            }
+        }
+        None
     }
 
     /// Take a waiter out (it gave up or its client left).
@@ -159,8 +183,20 @@ mod tests {
     use super::*;
     use Priority::*;
 
-    fn drain(q: &mut WaitQueue<&'static str>) -> Vec<&'static str> {
-        std::iter::from_fn(|| q.pop().map(|(i, _)| i)).collect()
+    const LATER: Duration = Duration::from_secs(60);
+
+    fn drain(q: &mut WaitQueue<&'static str>, now: Instant) -> Vec<&'static str> {
+        std::iter::from_fn(|| q.pop(now).map(|(i, _)| i)).collect()
+    }
+
+    /// Push with a deadline far away.
+    fn push(
+        q: &mut WaitQueue<&'static str>,
+        p: Priority,
+        t: Instant,
+        name: &'static str,
+    ) -> Pushed<&'static str> {
+        q.push(p, t, t + LATER, name)
     }
 
     #[test]
@@ -174,10 +210,10 @@ mod tests {
             (Normal, "n2"),
             (High, "h2"),
         ] {
-            assert!(matches!(q.push(p, t, name), Pushed::Queued(_)));
+            assert!(matches!(push(&mut q, p, t, name), Pushed::Queued(_)));
         }
         assert_eq!(q.len(), 5);
-        assert_eq!(drain(&mut q), ["h1", "h2", "n1", "n2", "l1"]);
+        assert_eq!(drain(&mut q, t), ["h1", "h2", "n1", "n2", "l1"]);
         assert!(q.is_empty());
     }
 
@@ -185,10 +221,10 @@ mod tests {
     fn full_queue_turns_away_equal_priority() {
         let t = Instant::now();
         let mut q = WaitQueue::new(2);
-        q.push(Normal, t, "a");
-        q.push(Normal, t, "b");
-        assert!(matches!(q.push(Normal, t, "c"), Pushed::Full("c")));
-        assert!(matches!(q.push(Low, t, "d"), Pushed::Full("d")));
+        push(&mut q, Normal, t, "a");
+        push(&mut q, Normal, t, "b");
+        assert!(matches!(push(&mut q, Normal, t, "c"), Pushed::Full("c")));
+        assert!(matches!(push(&mut q, Low, t, "d"), Pushed::Full("d")));
         assert_eq!(q.len(), 2);
     }
 
@@ -196,40 +232,60 @@ mod tests {
     fn full_queue_sheds_the_newest_lower_priority_first() {
         let t = Instant::now();
         let mut q = WaitQueue::new(3);
-        q.push(Low, t, "l1");
-        q.push(Low, t, "l2");
-        q.push(Normal, t, "n1");
-        match q.push(High, t, "h1") {
+        push(&mut q, Low, t, "l1");
+        push(&mut q, Low, t, "l2");
+        push(&mut q, Normal, t, "n1");
+        match push(&mut q, High, t, "h1") {
             Pushed::QueuedEvicting(_, out) => assert_eq!(out, "l2"),
             _ => panic!("expected an eviction"),
         }
-        match q.push(Normal, t, "n2") {
+        match push(&mut q, Normal, t, "n2") {
             Pushed::QueuedEvicting(_, out) => assert_eq!(out, "l1"),
             _ => panic!("expected an eviction"),
         }
-        assert!(matches!(q.push(Normal, t, "n3"), Pushed::Full("n3")));
-        assert_eq!(drain(&mut q), ["h1", "n1", "n2"]);
+        assert!(matches!(push(&mut q, Normal, t, "n3"), Pushed::Full("n3")));
+        assert_eq!(drain(&mut q, t), ["h1", "n1", "n2"]);
     }
 
     #[test]
     fn removed_waiters_are_gone() {
         let t = Instant::now();
         let mut q = WaitQueue::new(5);
-        let Pushed::Queued(a) = q.push(Normal, t, "a") else {
+        let Pushed::Queued(a) = push(&mut q, Normal, t, "a") else {
             panic!()
         };
-        q.push(Normal, t, "b");
+        push(&mut q, Normal, t, "b");
         assert_eq!(q.remove(a), Some("a"));
         assert_eq!(q.remove(a), None);
-        assert_eq!(drain(&mut q), ["b"]);
+        assert_eq!(drain(&mut q, t), ["b"]);
     }
 
     #[test]
     fn pop_reports_when_the_waiter_arrived() {
         let t = Instant::now();
         let mut q = WaitQueue::new(5);
-        q.push(Normal, t + Duration::from_millis(7), "a");
-        assert_eq!(q.pop(), Some(("a", t + Duration::from_millis(7))));
+        push(&mut q, Normal, t + Duration::from_millis(7), "a");
+        assert_eq!(q.pop(t), Some(("a", t + Duration::from_millis(7))));
+    }
+
+    #[test]
+    fn expired_waiters_are_skipped_and_make_room() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut q = WaitQueue::new(2);
+        q.push(High, t, t + ms(100), "short");
+        q.push(Normal, t, t + ms(500), "long");
+        // Full, but one waiter's deadline has passed: room for a newcomer.
+        assert!(matches!(
+            q.push(Low, t + ms(200), t + ms(900), "new"),
+            Pushed::Queued(_)
+        ));
+        assert_eq!(q.len(), 2);
+        // The high-priority waiter gave up: the slot goes to the next one.
+        assert_eq!(q.pop(t + ms(200)).map(|(i, _)| i), Some("long"));
+        // Past every deadline nobody is served.
+        assert_eq!(q.pop(t + ms(1000)), None);
+        assert!(q.is_empty());
     }
 
     #[test]

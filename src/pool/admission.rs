@@ -91,11 +91,17 @@ impl Admission {
         st.drain.retry_after(st.queue.len(), now, self.max_wait)
     }
 
-    /// Join the queue, or be turned away at once.
-    pub fn join(&self, priority: Priority, now: Instant) -> Result<Waiting<'_>, Shed> {
+    /// Join the queue to wait at most `limit`, or be turned away at once.
+    pub fn join(
+        &self,
+        priority: Priority,
+        now: Instant,
+        limit: Duration,
+    ) -> Result<Waiting<'_>, Shed> {
         let (tx, rx) = oneshot::channel();
         let mut st = self.state();
-        let ticket = match st.queue.push(priority, now, tx) {
+        let deadline = now + limit;
+        let ticket = match st.queue.push(priority, now, deadline, tx) {
             Pushed::Queued(t) => t,
             // Dropping the evicted waiter's sender tells it it was shed.
             Pushed::QueuedEvicting(t, _evicted) => t,
@@ -107,6 +113,7 @@ impl Admission {
             ticket,
             rx,
             enqueued: now,
+            deadline,
         })
     }
 
@@ -114,10 +121,10 @@ impl Admission {
     /// nobody is (still) waiting.
     pub(super) fn hand_off(&self, mut lease: Lease) -> Option<Lease> {
         let mut st = self.state();
-        while let Some((tx, enqueued)) = st.queue.pop() {
+        let now = Instant::now();
+        while let Some((tx, enqueued)) = st.queue.pop(now) {
             match tx.send(lease) {
                 Ok(()) => {
-                    let now = Instant::now();
                     st.drain.record(now);
                     self.publish(&st);
                     metrics::queue_wait(
@@ -141,13 +148,18 @@ pub struct Waiting<'a> {
     ticket: Ticket,
     rx: oneshot::Receiver<Lease>,
     enqueued: Instant,
+    deadline: Instant,
 }
 
 impl Waiting<'_> {
-    /// Wait for a slot for at most `limit`.
-    pub async fn wait(mut self, limit: Duration) -> Result<Lease, Shed> {
+    /// Wait for a slot until the deadline given to `join`.
+    pub async fn wait(mut self) -> Result<Lease, Shed> {
+        let limit = self.deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(limit, &mut self.rx).await {
             Ok(Ok(lease)) => Ok(lease),
+            // Dropped from the queue: pushed out by a higher priority, or
+            // passed over once its deadline was reached.
+            Ok(Err(_)) if Instant::now() >= self.deadline => Err(Shed::Timeout),
             Ok(Err(_)) => Err(Shed::Evicted),
             Err(_) => {
                 tracing::debug!(pool = %self.admission.pool, waited = ?self.enqueued.elapsed(), "queue wait expired");

@@ -294,7 +294,7 @@ impl Gateway {
         limit: std::time::Duration,
         feed: bool,
     ) -> Result<Lease, Shed> {
-        let waiting = pool.admission.join(priority, Instant::now())?;
+        let waiting = pool.admission.join(priority, Instant::now(), limit)?;
         while feed && pool.admission.has_waiters() {
             match pool.acquire(Instant::now(), &[]) {
                 // Dropping a lease hands its slot to the head of the queue.
@@ -302,7 +302,7 @@ impl Gateway {
                 Err(_) => break,
             }
         }
-        waiting.wait(limit).await
+        waiting.wait().await
     }
 
     /// Send a backend's answer to the client.
