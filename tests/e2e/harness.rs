@@ -59,9 +59,15 @@ impl Gateway {
     pub async fn start(body: &str) -> Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // A test may bring its own [log] section.
+        let log = if body.contains("[log]") {
+            ""
+        } else {
+            "[log]\nlevel = \"info\"\n\n"
+        };
         let text = format!(
             "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ngrace_period = \"1s\"\n\n\
-             [admin]\nlisten = \"{admin}\"\n\n[log]\nlevel = \"info\"\n\n{body}"
+             [admin]\nlisten = \"{admin}\"\n\n{log}{body}"
         );
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("ballast.toml");

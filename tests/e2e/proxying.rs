@@ -160,3 +160,47 @@ async fn expect_continue_is_answered_by_the_gateway() {
     let resp = read_until(&mut conn, "\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_json_access_log_line_per_request() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let a = sim("a").await;
+    let gw = Gateway::start(&format!(
+        "[log]\nformat = \"json\"\nlevel = \"info\"\n{}{}",
+        pool_toml("p", &[dead.clone(), a.addr().to_string()], "max_fails = 0"),
+        route_toml("chat", "/", "p", "[route.retry]\nbudget = 1.0")
+    ))
+    .await;
+    for i in 0..20 {
+        let r = gw
+            .client
+            .get(gw.url(&format!("/x{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let access_lines = || -> Vec<serde_json::Value> {
+        gw.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "ballast::access")
+            .collect()
+    };
+    wait_until("20 access-log lines", || access_lines().len() == 20).await;
+    let lines = access_lines();
+    for line in &lines {
+        assert_eq!(line["route"], "chat", "{line}");
+        assert_eq!(line["pool"], "p");
+        assert_eq!(line["status"], 200);
+        assert!(line["duration_ms"].as_f64().is_some());
+        let attempts = line["attempts"].as_u64().unwrap();
+        let servers = line["servers"].as_str().unwrap();
+        assert_eq!(servers.split(',').count() as u64, attempts, "{line}");
+        assert!(servers.ends_with(&a.addr().to_string()), "{line}");
+    }
+    assert!(
+        lines.iter().any(|l| l["attempts"] == 2),
+        "no request tried the dead server first: {lines:?}"
+    );
+}
