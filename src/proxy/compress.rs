@@ -55,10 +55,10 @@ fn compressible_type(content_type: &str) -> bool {
             || ct.contains("javascript"))
 }
 
-/// Whether a response is worth compressing: not already encoded, not an
-/// event stream, text-like, with a body of unknown or large enough size.
-fn worth_it(head: &ResponseHeader, event_stream: bool) -> bool {
-    if event_stream || head.headers.contains_key(header::CONTENT_ENCODING) {
+/// Whether a response is worth compressing: not already encoded, text-like
+/// (event streams excluded), with a body of unknown or large enough size.
+fn worth_it(head: &ResponseHeader) -> bool {
+    if head.headers.contains_key(header::CONTENT_ENCODING) {
         return false;
     }
     let status = head.status.as_u16();
@@ -88,16 +88,17 @@ pub struct Compressor(Option<Encoder>);
 
 impl Compressor {
     /// Decide for this response and adjust its head (`Content-Encoding`,
-    /// `Vary`, chunked framing) if it will be compressed.
+    /// `Vary`, chunked framing) if it will be compressed. `exempt`: never
+    /// (an event stream, or an answer to HEAD).
     pub fn for_response(
         accept_encoding: Option<&str>,
         head: &mut ResponseHeader,
-        event_stream: bool,
+        exempt: bool,
     ) -> Self {
         let Some(coding) = preferred(accept_encoding) else {
             return Compressor(None);
         };
-        if !worth_it(head, event_stream) {
+        if exempt || !worth_it(head) {
             return Compressor(None);
         }
         let encoder = match coding {

@@ -140,8 +140,10 @@ pub async fn forward(
         .get(http::header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // A HEAD answer has no body to compress; its head stays the backend's.
+    let no_body = session.req_header().method == http::Method::HEAD;
     let body = Body {
-        compressor: Compressor::for_response(accept_encoding.as_deref(), &mut head, sse),
+        compressor: Compressor::for_response(accept_encoding.as_deref(), &mut head, sse || no_body),
         done_watch: (sse && how.require_done).then(DoneWatch::default),
         flushed: false,
     };

@@ -403,6 +403,27 @@ async fn large_answers_are_compressed_for_clients_that_accept_it() {
             .unwrap()
             .starts_with("tok0 "));
     }
+    // A HEAD answer keeps the backend's head: there is no body to compress.
+    let pad = "p".repeat(3000);
+    for (method, want) in [
+        (reqwest::Method::GET, Some("br")),
+        (reqwest::Method::HEAD, None),
+    ] {
+        let r = gw
+            .client
+            .request(method.clone(), gw.url("/echo"))
+            .header("accept-encoding", "br")
+            .header("x-pad", &pad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let enc = r
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(enc.as_deref(), want, "{method}");
+    }
     // Event streams are never compressed.
     let r = gw
         .client
