@@ -22,6 +22,16 @@ async fn slow_sim(name: &str, tokens: u32, interval_ms: u64) -> SimServer {
     .await
 }
 
+/// A streaming chat completion through the gateway.
+async fn post_stream(gw: &Gateway) -> reqwest::Response {
+    gw.client
+        .post(gw.url("/v1/chat/completions"))
+        .body(STREAM_REQ)
+        .send()
+        .await
+        .expect("request sent")
+}
+
 /// Read a streamed response to its end: the chunks as they arrived and
 /// whether the body ended cleanly (false: the stream was aborted).
 async fn read_stream(r: reqwest::Response) -> (Vec<(Instant, String)>, bool) {
@@ -48,13 +58,7 @@ fn token_events(text: &str) -> usize {
 async fn tokens_reach_the_client_as_they_are_produced() {
     let a = slow_sim("a", 20, 100).await;
     let gw = Gateway::one_pool(&[a.addr().to_string()], "").await;
-    let r = gw
-        .client
-        .post(gw.url("/v1/chat/completions"))
-        .body(STREAM_REQ)
-        .send()
-        .await
-        .unwrap();
+    let r = post_stream(&gw).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-accel-buffering"], "no");
     assert_eq!(
@@ -120,13 +124,7 @@ async fn a_stream_that_never_starts_fails_over_invisibly() {
         .await;
         // Until A has been picked at least once; every client sees a whole stream.
         for _ in 0..40 {
-            let r = gw
-                .client
-                .post(gw.url("/v1/chat/completions"))
-                .body(STREAM_REQ)
-                .send()
-                .await
-                .unwrap();
+            let r = post_stream(&gw).await;
             assert_eq!(r.status(), 200, "{what}");
             let (chunks, clean) = read_stream(r).await;
             let text = joined(&chunks);
@@ -156,13 +154,7 @@ async fn a_cut_stream_ends_with_an_error_event_and_an_aborted_body() {
     let a = slow_sim("a", 60, 5).await;
     a.set_fault(Fault::new(FaultKind::CloseMidStream { after_tokens: 40 }));
     let gw = Gateway::one_pool(&[a.addr().to_string()], "max_fails = 0").await;
-    let r = gw
-        .client
-        .post(gw.url("/v1/chat/completions"))
-        .body(STREAM_REQ)
-        .send()
-        .await
-        .unwrap();
+    let r = post_stream(&gw).await;
     assert_eq!(r.status(), 200);
     let (chunks, clean) = read_stream(r).await;
     let text = joined(&chunks);
@@ -193,13 +185,7 @@ async fn a_stalled_stream_is_ended_after_stream_idle() {
         route_toml("r", "/", "p", "[route.timeouts]\nstream_idle = \"400ms\"")
     ))
     .await;
-    let r = gw
-        .client
-        .post(gw.url("/v1/chat/completions"))
-        .body(STREAM_REQ)
-        .send()
-        .await
-        .unwrap();
+    let r = post_stream(&gw).await;
     let (chunks, clean) = read_stream(r).await;
     let text = joined(&chunks);
     assert!(!clean);
@@ -226,13 +212,7 @@ async fn a_client_that_leaves_cancels_the_backend_at_once() {
     a.set_fault(Fault::new(FaultKind::StallMidStream { after_tokens: 2 }));
     let server = a.addr().to_string();
     let gw = Gateway::one_pool(std::slice::from_ref(&server), "max_fails = 0").await;
-    let r = gw
-        .client
-        .post(gw.url("/v1/chat/completions"))
-        .body(STREAM_REQ)
-        .send()
-        .await
-        .unwrap();
+    let r = post_stream(&gw).await;
     let mut s = r.bytes_stream();
     assert!(s.next().await.is_some());
     assert_eq!(
