@@ -28,29 +28,16 @@ import argparse
 import asyncio
 import errno
 import json
-import re
 import resource
 import sys
 import time
+
+from benchlib import dist_ms, parse_duration, parse_target, pct
 
 now = time.perf_counter
 
 MAX_HEAD = 64 * 1024
 SAMPLE = 300  # response bytes kept per error kind
-
-
-def parse_duration(s):
-    m = re.fullmatch(r"\s*([\d.]+)\s*(us|ms|s|m)?\s*", s)
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad duration: {s!r}")
-    return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
-
-
-def parse_target(s):
-    host, _, port = s.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"bad target (want HOST:PORT): {s!r}")
-    return host, int(port)
 
 
 class Req:
@@ -165,20 +152,6 @@ async def guarded(r, host, port, req_bytes, args):
     except asyncio.TimeoutError:
         r.t_end = now()
         r.error = "timeout" if r.t_head else "timeout before response head"
-
-
-def pct(values, p):
-    """Nearest-rank percentile of a non-empty sorted list."""
-    k = max(0, min(len(values) - 1, int(round(p / 100.0 * len(values) + 0.5)) - 1))
-    return values[k]
-
-
-def dist_ms(values):
-    if not values:
-        return None
-    v = sorted(x * 1e3 for x in values)
-    return {"n": len(v), "min": v[0], "p50": pct(v, 50), "p90": pct(v, 90),
-            "p99": pct(v, 99), "max": v[-1], "mean": sum(v) / len(v)}
 
 
 async def run(args):

@@ -24,10 +24,11 @@ import argparse
 import asyncio
 import errno
 import json
-import re
 import resource
 import sys
 import time
+
+from benchlib import dist_ms, parse_duration, parse_target
 
 now = time.perf_counter
 
@@ -37,20 +38,6 @@ TAIL = len(DONE) - 1  # bytes kept between reads so split markers are still foun
 LAST_CHUNK = b"\r\n0\r\n\r\n"
 MAX_HEAD = 64 * 1024
 SAMPLE = 400  # response bytes kept per stream for the failure samples
-
-
-def parse_duration(s):
-    m = re.fullmatch(r"\s*([\d.]+)\s*(us|ms|s|m)?\s*", s)
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad duration: {s!r}")
-    return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
-
-
-def parse_target(s):
-    host, _, port = s.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"bad target (want HOST:PORT): {s!r}")
-    return host, int(port)
 
 
 class Stream(asyncio.Protocol):
@@ -184,30 +171,6 @@ class Stream(asyncio.Protocol):
         if not self.done:
             return "no data: [DONE]"
         return "missing tokens"
-
-
-def pct(values, p):
-    """Nearest-rank percentile of a non-empty list (sorted in place)."""
-    if not values:
-        return None
-    values.sort()
-    k = max(0, min(len(values) - 1, int(round(p / 100.0 * len(values) + 0.5)) - 1))
-    return values[k]
-
-
-def dist_ms(values):
-    if not values:
-        return None
-    v = [x * 1e3 for x in values]
-    return {
-        "n": len(v),
-        "min": min(v),
-        "p50": pct(v, 50),
-        "p90": pct(v, 90),
-        "p99": pct(v, 99),
-        "max": max(v),
-        "mean": sum(v) / len(v),
-    }
 
 
 async def run(args):
