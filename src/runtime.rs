@@ -8,6 +8,7 @@ use crate::pool::{prober, Pool};
 use crate::proxy::Gateway;
 use anyhow::Context;
 use async_trait::async_trait;
+use http::HeaderValue;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Server, ShutdownWatch};
@@ -44,13 +45,7 @@ fn build_pools(config: &Config) -> anyhow::Result<Vec<Arc<Pool>>> {
         .iter()
         .map(|p| {
             let authorization = match &p.api_key_env {
-                Some(var) => Some(format!(
-                    "Bearer {}",
-                    std::env::var(var).with_context(|| format!(
-                        "pool '{}': api_key_env {var} is not set",
-                        p.name
-                    ))?
-                )),
+                Some(var) => Some(pool_credential(&p.name, var)?),
                 None => None,
             };
             metrics::register_pool(&p.name);
@@ -60,6 +55,18 @@ fn build_pools(config: &Config) -> anyhow::Result<Vec<Arc<Pool>>> {
             Ok(Arc::new(Pool::new(p, authorization)))
         })
         .collect()
+}
+
+/// `Authorization: Bearer <key>` from the environment variable `var`, marked
+/// sensitive. Errors name the pool and the variable, never the value.
+fn pool_credential(pool: &str, var: &str) -> anyhow::Result<HeaderValue> {
+    let key = std::env::var(var)
+        .with_context(|| format!("pool '{pool}': api_key_env {var} is not set"))?;
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
+        anyhow::anyhow!("pool '{pool}': api_key_env {var} holds characters a header cannot carry")
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 struct Prober {

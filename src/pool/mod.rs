@@ -16,6 +16,7 @@ pub use select::{pick, Candidate};
 
 use crate::config::{HealthConfig, PoolConfig, ServerConfig};
 use crate::metrics;
+use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -273,10 +274,20 @@ pub struct Pool {
     pub admission: Arc<Admission>,
     /// `Host` header sent upstream; `None` keeps the client's.
     pub host: Option<String>,
-    /// `Authorization` header value injected upstream.
-    pub authorization: Option<String>,
+    /// What every request to this pool (and no other) carries: its `Host`
+    /// and its own credential.
+    pub upstream_headers: PoolHeaders,
     pub health: Option<HealthConfig>,
     pub servers: Vec<Arc<Server>>,
+}
+
+/// The headers a pool sets on every request it is sent.
+#[derive(Debug, Clone, Default)]
+pub struct PoolHeaders {
+    /// `Host`; `None` keeps the client's.
+    pub host: Option<HeaderValue>,
+    /// `Authorization` injected for this pool; `None` injects nothing.
+    pub authorization: Option<HeaderValue>,
 }
 
 /// Why no server could be leased.
@@ -289,13 +300,22 @@ pub struct NoServer {
 }
 
 impl Pool {
-    pub fn new(cfg: &PoolConfig, authorization: Option<String>) -> Self {
+    /// `authorization` is the pool's credential, already marked sensitive
+    /// so that no `Debug` of a header map shows it.
+    pub fn new(cfg: &PoolConfig, authorization: Option<HeaderValue>) -> Self {
         let admission = Arc::new(Admission::new(&cfg.name, &cfg.queue, Instant::now()));
         Pool {
             name: cfg.name.clone(),
             admission: admission.clone(),
             host: cfg.host.clone(),
-            authorization,
+            upstream_headers: PoolHeaders {
+                // Checked by config validation; an invalid one cannot get here.
+                host: cfg
+                    .host
+                    .as_deref()
+                    .and_then(|h| HeaderValue::from_str(h).ok()),
+                authorization,
+            },
             health: cfg.health.clone(),
             servers: cfg
                 .servers

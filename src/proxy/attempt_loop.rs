@@ -8,7 +8,7 @@
 use super::access_log::AccessLog;
 use super::attempt::{self, Answer};
 use super::respond::{self, Forwarded};
-use super::{fallback, upgrade, Gateway};
+use super::{fallback, headers, upgrade, Gateway};
 use crate::config::{Priority, RouteConfig};
 use crate::error::{retry_after_secs, GatewayError};
 use crate::metrics;
@@ -24,6 +24,7 @@ use std::time::{Instant, SystemTime};
 /// The request as every attempt replays it.
 pub struct Request<'r> {
     pub route_idx: usize,
+    /// The upstream head before any pool's own headers (`headers::for_pool`).
     pub head: &'r RequestHeader,
     pub body: &'r Bytes,
     pub deadline: Instant,
@@ -67,9 +68,11 @@ impl Gateway {
         let mut verdict = None;
         for (pool_idx, model) in chain {
             let pool = &self.pools[pool_idx];
+            // Built per pool: its own Host and credential, never another's.
+            let head = headers::for_pool(req.head, &pool.upstream_headers);
             let (head, body) = match model {
-                None => (Cow::Borrowed(req.head), Cow::Borrowed(req.body)),
-                Some(model) => match fallback::rewrite_model(req.head, req.body, model) {
+                None => (head, Cow::Borrowed(req.body)),
+                Some(model) => match fallback::rewrite_model(&head, req.body, model) {
                     Some((head, body)) => (Cow::Owned(head), Cow::Owned(body)),
                     None => {
                         tracing::debug!(route = %route.name, pool = %pool.name, "body has no JSON model to rewrite; fallback skipped");

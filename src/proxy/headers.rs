@@ -2,10 +2,12 @@
 //! sees of the backend's response head: hop-by-hop headers stripped,
 //! standard forwarding headers added, `Host` and credentials per pool.
 
+use crate::pool::PoolHeaders;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Version};
-use pingora_error::{ErrorType::InvalidHTTPHeader, OrErr, Result};
+use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 /// Connection-level headers (RFC 9110 §7.6.1) that must not be forwarded.
@@ -33,14 +35,10 @@ fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
 }
 
 /// Facts about the client connection that shape the upstream request.
-pub struct Forwarding<'a> {
+pub struct Forwarding {
     pub client_ip: Option<IpAddr>,
     /// `http` or `https`, as the client spoke to us.
     pub proto: &'static str,
-    /// Pool's `host` setting; `None` keeps the client's.
-    pub host: Option<&'a str>,
-    /// Pool's injected `Authorization` value.
-    pub authorization: Option<&'a str>,
     pub body_len: usize,
     /// The client asks to switch protocols (WebSocket): keep `Upgrade`.
     pub upgrade: bool,
@@ -48,8 +46,9 @@ pub struct Forwarding<'a> {
     pub decoded: bool,
 }
 
-/// Build the request head sent to the backend (always HTTP/1.1).
-pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding<'_>) -> Result<RequestHeader> {
+/// Build the request head sent to the backends (always HTTP/1.1), before
+/// any pool's own headers: [`for_pool`] adds those per attempt.
+pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding) -> Result<RequestHeader> {
     let path = client
         .uri
         .path_and_query()
@@ -73,19 +72,21 @@ pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding<'_>) -> Result<
         {
             continue;
         }
-        req.append_header(name.clone(), value.clone())?;
+        let mut value = value.clone();
+        if is_credential(name) {
+            // Never shown by a `Debug` of the head (Pingora's trace logs).
+            value.set_sensitive(true);
+        }
+        req.append_header(name.clone(), value)?;
     }
 
-    // Host: the pool's, else the client's Host, else an HTTP/2 :authority.
-    let host = match fwd.host {
-        Some(h) => Some(HeaderValue::from_str(h).or_err(InvalidHTTPHeader, "pool host")?),
-        None => client.headers.get(header::HOST).cloned().or_else(|| {
-            client
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        }),
-    };
+    // Host: the client's, else an HTTP/2 :authority; a pool may override it.
+    let host = client.headers.get(header::HOST).cloned().or_else(|| {
+        client
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     if let Some(h) = host {
         req.insert_header(header::HOST, h)?;
     }
@@ -105,10 +106,6 @@ pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding<'_>) -> Result<
     }
     req.insert_header("x-forwarded-proto", fwd.proto)?;
 
-    if let Some(auth) = fwd.authorization {
-        req.insert_header(header::AUTHORIZATION, auth)?;
-    }
-
     if fwd.upgrade {
         if let Some(proto) = client.headers.get(header::UPGRADE) {
             req.insert_header(header::UPGRADE, proto.clone())?;
@@ -121,6 +118,34 @@ pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding<'_>) -> Result<
         req.insert_header(header::CONTENT_LENGTH, fwd.body_len.to_string())?;
     }
     Ok(req)
+}
+
+/// The head sent to one pool: its own `Host` and credential, never another
+/// pool's. A pool that injects a key replaces the client's `Authorization`;
+/// one that injects none passes the client's through. Borrows `base` when
+/// the pool changes nothing.
+pub fn for_pool<'h>(base: &'h RequestHeader, pool: &PoolHeaders) -> Cow<'h, RequestHeader> {
+    if pool.host.is_none() && pool.authorization.is_none() {
+        return Cow::Borrowed(base);
+    }
+    let mut head = base.clone();
+    if let Some(host) = &pool.host {
+        // Inserting a valid value under a standard name cannot fail.
+        let _ = head.insert_header(header::HOST, host.clone());
+    }
+    if let Some(auth) = &pool.authorization {
+        let _ = head.insert_header(header::AUTHORIZATION, auth.clone());
+    }
+    Cow::Owned(head)
+}
+
+/// Headers that carry a client's or a pool's secret.
+pub fn is_credential(name: &HeaderName) -> bool {
+    name == header::AUTHORIZATION
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::COOKIE
+        || name.as_str() == "x-api-key"
+        || name.as_str() == "api-key"
 }
 
 fn method_has_body(m: &Method) -> bool {
@@ -188,12 +213,10 @@ mod tests {
         r
     }
 
-    fn fwd(host: Option<&str>) -> Forwarding<'_> {
+    fn fwd() -> Forwarding {
         Forwarding {
             client_ip: Some("127.0.0.9".parse().unwrap()),
             proto: "http",
-            host,
-            authorization: None,
             body_len: 12,
             upgrade: false,
             decoded: false,
@@ -202,7 +225,7 @@ mod tests {
 
     #[test]
     fn strips_hop_by_hop_and_adds_forwarding() {
-        let up = upstream_request(&client_req(), &fwd(None)).unwrap();
+        let up = upstream_request(&client_req(), &fwd()).unwrap();
         for h in [
             "connection",
             "keep-alive",
@@ -221,18 +244,35 @@ mod tests {
     }
 
     #[test]
-    fn pool_host_and_credentials_win() {
-        let mut f = fwd(Some("api.deepseek.com"));
-        f.authorization = Some("Bearer k");
-        let up = upstream_request(&client_req(), &f).unwrap();
-        assert_eq!(up.headers["host"], "api.deepseek.com");
-        assert_eq!(up.headers["authorization"], "Bearer k");
+    fn each_pool_gets_its_own_host_and_credential() {
+        let mut client = client_req();
+        client
+            .insert_header("authorization", "Bearer client-own")
+            .unwrap();
+        let base = upstream_request(&client, &fwd()).unwrap();
+        let mut key = HeaderValue::from_static("Bearer pool-a");
+        key.set_sensitive(true);
+        let hosted = PoolHeaders {
+            host: Some(HeaderValue::from_static("api.deepseek.com")),
+            authorization: Some(key),
+        };
+        let a = for_pool(&base, &hosted);
+        assert_eq!(a.headers["host"], "api.deepseek.com");
+        assert_eq!(a.headers["authorization"], "Bearer pool-a");
+        assert_eq!(a.headers.get_all("authorization").iter().count(), 1);
+        assert!(!format!("{:?}", a.headers).contains("pool-a"));
+        // The base is untouched: another pool never sees pool a's key or Host.
+        let local = for_pool(&base, &PoolHeaders::default());
+        assert!(matches!(local, Cow::Borrowed(_)));
+        assert_eq!(local.headers["host"], "gw.example");
+        assert_eq!(local.headers["authorization"], "Bearer client-own");
+        assert!(!format!("{:?}", local.headers).contains("client-own"));
     }
 
     #[test]
     fn get_without_body_has_no_length() {
         let r = RequestHeader::build("GET", b"/v1/models", None).unwrap();
-        let mut f = fwd(None);
+        let mut f = fwd();
         f.body_len = 0;
         let up = upstream_request(&r, &f).unwrap();
         assert!(up.headers.get("content-length").is_none());

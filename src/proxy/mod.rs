@@ -128,8 +128,6 @@ impl Gateway {
         let fwd = headers::Forwarding {
             client_ip,
             proto: "http",
-            host: pool.host.as_deref(),
-            authorization: pool.authorization.as_deref(),
             body_len: body.len(),
             upgrade: session.is_upgrade_req(),
             decoded: prepared.decoded,

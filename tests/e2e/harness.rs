@@ -57,6 +57,11 @@ impl Gateway {
     /// Start `ballast` with `body` (pools and routes) after generated
     /// `[server]`, `[admin]` and `[log]` sections on free ports.
     pub async fn start(body: &str) -> Gateway {
+        Gateway::start_env(body, &[]).await
+    }
+
+    /// `start` with extra environment variables (pool credentials).
+    pub async fn start_env(body: &str, env: &[(&str, &str)]) -> Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         // A test may bring its own [log] section.
@@ -77,6 +82,7 @@ impl Gateway {
             .arg("--config")
             .arg(&path)
             .arg("run")
+            .envs(env.iter().copied())
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(log)
@@ -231,6 +237,34 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Run `ballast --config <path> run` expecting it to refuse to start: its
+/// output once it exits, or a failure (and the process killed) if it is
+/// still running after 15 s.
+pub fn run_expecting_exit(path: &std::path::Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .arg("--config")
+        .arg(path)
+        .arg("run")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ballast");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().expect("poll ballast").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("reap ballast");
+            panic!(
+                "ballast kept running; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("reap ballast")
 }
 
 /// Poll `cond` every few milliseconds until it holds; fail with `what`

@@ -4,6 +4,7 @@
 mod admission;
 mod balancing;
 mod config_check;
+mod credentials;
 mod edge;
 mod ejection;
 mod errors;

@@ -272,3 +272,23 @@ fn listener_tls_is_refused_clearly() {
     assert_eq!((p[0].key.as_str(), p[0].line), ("server.tls", 2));
     assert!(p[0].message.contains("not supported by this build"));
 }
+
+#[test]
+fn pool_host_must_be_a_host_name() {
+    for bad in [
+        "api.example.com\\r\\nx-injected: 1",
+        "http://api.example.com/",
+        "a b",
+    ] {
+        let text = MINIMAL.replace("name = \"p\"", &format!("name = \"p\"\nhost = \"{bad}\""));
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{bad}: {p:#?}");
+        assert_eq!(p[0].key, "pool[0].host");
+        assert!(p[0].message.contains("not a host name"), "{}", p[0].message);
+    }
+    let text = MINIMAL.replace(
+        "name = \"p\"",
+        "name = \"p\"\nhost = \"api.example.com:443\"",
+    );
+    assert!(parse("test.toml", &text).is_ok());
+}

@@ -56,6 +56,15 @@ impl Checker<'_> {
         let fail_timeout = self.duration(&raw.fail_timeout, &key("fail_timeout"), secs(30), true);
         let max_conns = self.int(&raw.max_conns, &key("max_conns"), 0, 0, u32::MAX);
         let host = self.non_empty(&raw.host, &key("host"));
+        if let (Some(h), Some(value)) = (&host, &raw.host) {
+            if !h.is_empty() && h.parse::<http::uri::Authority>().is_err() {
+                self.report(
+                    Some(value.span()),
+                    key("host"),
+                    format!("'{h}' is not a host name; write host or host:port, e.g. \"api.example.com\""),
+                );
+            }
+        }
         let sni = self.non_empty(&raw.sni, &key("sni"));
         let tls = raw.tls.as_ref().is_some_and(|t| *t.get_ref());
         if tls {
