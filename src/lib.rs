@@ -15,6 +15,7 @@ pub mod outcome;
 pub mod pool;
 pub mod proxy;
 pub mod queue;
+pub mod redact;
 pub mod retry;
 pub mod route;
 pub mod runtime;

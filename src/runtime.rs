@@ -17,20 +17,30 @@ use pingora_core::services::listening::Service;
 use std::sync::Arc;
 
 /// Install the tracing subscriber: `RUST_LOG` wins over the config's level.
+/// Whatever the filter says, Pingora's own `trace` events are dropped: they
+/// print raw request heads (with the pool's key) and response bodies.
 pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default_filter(level)))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{filter, fmt, Layer};
+
+    let env_filter = filter::EnvFilter::try_from_default_env()
+        .or_else(|_| filter::EnvFilter::try_new(default_filter(level)))
+        .unwrap_or_else(|_| filter::EnvFilter::new("info"));
+    let no_pingora_trace = filter::filter_fn(|meta| {
+        !(*meta.level() == tracing::Level::TRACE && meta.target().starts_with("pingora"))
+    });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    // A second init (tests, demo) is harmless; keep the first.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let layer = fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    let layer = match format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
     };
+    // A second init (tests, demo) is harmless; keep the first.
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(env_filter.and(no_pingora_trace)))
+        .try_init();
 }
 
 /// Pingora logs every client hang-up as an error; keep its noise at warn.

@@ -3,6 +3,7 @@
 //! here, so whatever goes wrong the attempt loop can still try elsewhere.
 
 use crate::outcome::Outcome;
+use crate::redact::Redacted;
 use bytes::Bytes;
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
@@ -55,7 +56,7 @@ fn is_local_exhaustion(e: &Error) -> bool {
 /// Classify a Pingora error from an exchange with a backend.
 pub fn classify(e: &Error) -> Outcome {
     if is_local_exhaustion(e) {
-        tracing::warn!(error = %e, "the gateway is out of local resources (file descriptors or ports)");
+        tracing::warn!(error = %Redacted(&e), "the gateway is out of local resources (file descriptors or ports)");
         return Outcome::Local;
     }
     match e.etype() {

@@ -16,6 +16,7 @@ mod upgrade;
 use crate::config::{Config, Priority};
 use crate::error::GatewayError;
 use crate::pool::Pool;
+use crate::redact::Redacted;
 use crate::retry::RetryBudget;
 use crate::route::RouteTable;
 use access_log::AccessLog;
@@ -135,7 +136,7 @@ impl Gateway {
         let up_req = match headers::upstream_request(session.req_header(), &fwd) {
             Ok(r) => r,
             Err(e) => {
-                tracing::debug!(error = %e, "request head cannot be forwarded");
+                tracing::debug!(error = %Redacted(&e), "request head cannot be forwarded");
                 let err = GatewayError::bad_request("request headers cannot be forwarded");
                 return self.reject(session, log, &err).await;
             }
@@ -212,7 +213,7 @@ impl HttpServerApp for Gateway {
             Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
             Ok(None) => None,
             Err(e) => {
-                tracing::debug!(error = %e, "finishing the client session failed");
+                tracing::debug!(error = %Redacted(&e), "finishing the client session failed");
                 None
             }
         }

@@ -4,6 +4,7 @@
 
 use crate::config::Limits;
 use crate::error::GatewayError;
+use crate::redact::Redacted;
 use bytes::{Bytes, BytesMut};
 use pingora_core::protocols::http::ServerSession;
 use pingora_http::RequestHeader;
@@ -23,7 +24,7 @@ pub async fn read_head(session: &mut ServerSession, limits: &Limits) -> Result<b
     match fast_timeout(limits.header_timeout, session.read_request()).await {
         Ok(Ok(read)) => Ok(read),
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "reading request head failed");
+            tracing::debug!(error = %Redacted(&e), "reading request head failed");
             Err(ReadError::Gone)
         }
         Err(_) => {
@@ -81,7 +82,7 @@ pub async fn read_body(session: &mut ServerSession, limit: u64) -> Result<Bytes,
             }
             Ok(None) => return Ok(buf.freeze()),
             Err(e) => {
-                tracing::debug!(error = %e, "reading request body failed");
+                tracing::debug!(error = %Redacted(&e), "reading request body failed");
                 return Err(ReadError::Gone);
             }
         }

@@ -9,6 +9,7 @@ use super::compress::Compressor;
 use super::headers;
 use crate::error::GatewayError;
 use crate::metrics;
+use crate::redact::Redacted;
 use bytes::Bytes;
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
@@ -287,7 +288,7 @@ async fn pump(
                 }
                 Ok(Ok(None)) => finished = true,
                 Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "upstream body failed mid-response");
+                    tracing::debug!(error = %Redacted(&e), "upstream body failed mid-response");
                     return Forwarded::UpstreamBroken;
                 }
                 Err(_) => return Forwarded::UpstreamStalled,

@@ -123,3 +123,117 @@ async fn a_key_that_cannot_be_a_header_stops_start_up_without_showing_it() {
     );
     assert!(!err.contains("sk-line"), "the key was shown: {err}");
 }
+
+/// Every secret the leak test configures or sends.
+const SECRETS: [&str; 3] = [KEY_HOSTED, KEY_OTHER, CLIENT_KEY];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_a_log_line_a_metric_the_status_or_an_error_body() {
+    let hosted = sim("hosted").await;
+    let other = sim("other").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    // `trace` logs everything `info` and `debug` do, and more.
+    let gw = Gateway::start_env(
+        &format!(
+            "[log]\nlevel = \"trace\"\n[limits]\nmax_request_body = \"4KiB\"\n{}{}{}{}{}[route.retry]\nattempts = 2\nbackoff_base = \"10ms\"\n{}",
+            pool_toml(
+                "hosted",
+                &[hosted.addr().to_string()],
+                "api_key_env = \"BALLAST_TEST_KEY_HOSTED\"\nhost = \"api.hosted.example\""
+            ),
+            pool_toml(
+                "other",
+                &[other.addr().to_string()],
+                "api_key_env = \"BALLAST_TEST_KEY_OTHER\""
+            ),
+            pool_toml(
+                "down",
+                std::slice::from_ref(&dead),
+                "api_key_env = \"BALLAST_TEST_KEY_HOSTED\""
+            ),
+            route_toml("down", "/down/", "down", ""),
+            route_toml(
+                "chat",
+                "/v1/",
+                "hosted",
+                "openai = true\nfallback = [{ pool = \"other\" }]"
+            ),
+            route_toml("plain", "/plain/", "hosted", ""),
+        ),
+        &[
+            ("BALLAST_TEST_KEY_HOSTED", KEY_HOSTED),
+            ("BALLAST_TEST_KEY_OTHER", KEY_OTHER),
+        ],
+    )
+    .await;
+    let auth = format!("Bearer {CLIENT_KEY}");
+    let chat = r#"{"model":"sim-model","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut bodies: Vec<String> = Vec::new();
+    let send = |r: reqwest::RequestBuilder| {
+        let r = r
+            .header("authorization", &auth)
+            .header("x-api-key", CLIENT_KEY);
+        async move {
+            let resp = r.send().await.expect("an answer");
+            let head = format!("{:?}", resp.headers());
+            format!("{head}\n{}", resp.text().await.unwrap_or_default())
+        }
+    };
+
+    // Served, streamed, failed over, refused at the edge, failed upstream.
+    bodies.push(send(gw.client.post(gw.url("/v1/chat/completions")).body(chat)).await);
+    let stream = chat.replace("}]}", r#"}],"stream":true}"#);
+    bodies.push(send(gw.client.post(gw.url("/v1/chat/completions")).body(stream)).await);
+    hosted.set_fault(status(503));
+    bodies.push(send(gw.client.post(gw.url("/v1/chat/completions")).body(chat)).await);
+    hosted.set_fault(status(500));
+    bodies.push(send(gw.client.get(gw.url("/plain/x"))).await);
+    hosted.set_fault(ballast::sim::Fault::default());
+    bodies.push(
+        send(
+            gw.client
+                .post(gw.url("/v1/chat/completions"))
+                .body("{bad json"),
+        )
+        .await,
+    );
+    bodies.push(
+        send(
+            gw.client
+                .post(gw.url("/v1/chat/completions"))
+                .body(vec![b'x'; 8192]),
+        )
+        .await,
+    );
+    bodies.push(send(gw.client.get(gw.url("/nowhere"))).await);
+    bodies.push(send(gw.client.get(gw.url("/down/x"))).await);
+    bodies.push(send(gw.client.get(gw.url("/down/x"))).await);
+    // Malformed heads that carry credentials, as raw bytes.
+    for raw in [
+        format!("GET /v1/models HTTP/1.1\r\nHost: a\r\nAuthorization: {auth}\r\nBad Header: x\r\nConnection: close\r\n\r\n"),
+        format!("GET /v1/models HTTP/1.1\r\nAuthorization: {auth}\r\nx-api-key: {CLIENT_KEY}\r\nHost: a\r\n\x01: y\r\n\r\n"),
+        format!("GET /v1/\x7f HTTP/1.1\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"),
+        format!("POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nAuthorization: {auth}\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello"),
+    ] {
+        bodies.push(raw_exchange(gw.addr, raw.as_bytes()).await.text());
+    }
+
+    let metrics = gw.metrics().await;
+    let status = gw.status_json().await.to_string();
+    let log = gw.log();
+    assert!(log.contains("ballast::access"), "the log is empty: {log}");
+    for secret in SECRETS {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+        assert!(!metrics.contains(secret), "{secret} in /metrics");
+        assert!(!status.contains(secret), "{secret} in /status");
+        // A backend's own answer (the simulator echoes what it received)
+        // is the backend's business; every answer the gateway made is ours.
+        for body in bodies.iter().filter(|b| !b.contains("x-sim-server")) {
+            assert!(!body.contains(secret), "{secret} in an answer: {body}");
+        }
+    }
+    // The pool's key did reach its own servers.
+    assert!(hosted.stats().log.iter().all(|r| r
+        .headers
+        .contains(&("authorization".into(), format!("Bearer {KEY_HOSTED}")))));
+}

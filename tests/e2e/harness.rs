@@ -304,3 +304,55 @@ pub fn route_toml(name: &str, prefix: &str, pool: &str, extra: &str) -> String {
         "[[route]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\npool = \"{pool}\"\n{extra}\n"
     )
 }
+
+/// Send `bytes` on a fresh connection to `addr` and read until the peer
+/// closes (or 10 s pass): what a raw client sees.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> RawReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the gateway");
+    // The peer may answer and close before every byte is written.
+    let _ = conn.write_all(bytes).await;
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 16384];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    RawReply { bytes: got, closed }
+}
+
+/// What a raw client received.
+pub struct RawReply {
+    pub bytes: Vec<u8>,
+    /// The gateway closed the connection (within 10 s).
+    pub closed: bool,
+}
+
+impl RawReply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    /// The status code of the first response, if any.
+    pub fn status(&self) -> Option<u16> {
+        let text = self.text();
+        let line = text.lines().next()?;
+        line.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    }
+
+    /// The body of the first response (after the blank line).
+    pub fn body(&self) -> String {
+        let text = self.text();
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default()
+    }
+}
