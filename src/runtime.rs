@@ -99,11 +99,47 @@ impl BackgroundService for Prober {
     }
 }
 
+/// Every listener can be bound: a start-up error naming the address and
+/// the reason, rather than a service that silently never listens. Bound
+/// the way Pingora binds (with `SO_REUSEADDR`) and released at once.
+fn check_listeners(config: &Config) -> anyhow::Result<()> {
+    let gateway = config.server.listen.iter().map(|a| ("server.listen", a));
+    let admin = std::iter::once(("admin.listen", &config.admin.listen));
+    for (key, addr) in gateway.chain(admin) {
+        std::net::TcpListener::bind(addr.as_str())
+            .with_context(|| format!("{key}: cannot listen on {addr}"))?;
+    }
+    Ok(())
+}
+
+/// Pingora binds each service's listeners in that service's own task and
+/// panics there if it cannot (`Failed to build listeners`), leaving the
+/// other services running. Should a port be taken between the check above
+/// and that bind, end the process instead of serving blind.
+fn exit_if_a_listener_fails() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        default(info);
+        if message.contains("Failed to build listeners") {
+            tracing::error!("a listener could not be bound; stopping");
+            std::process::exit(1);
+        }
+    }));
+}
+
 /// Run the gateway until a signal stops the process. Never returns on success.
 pub fn run(config: Config) -> anyhow::Result<()> {
     metrics::init();
     let config = Arc::new(config);
     let pools = build_pools(&config)?;
+    check_listeners(&config)?;
+    exit_if_a_listener_fails();
 
     let conf = ServerConf {
         threads: config.server.threads,

@@ -15,5 +15,6 @@ mod openai_client;
 mod prometheus;
 mod proxying;
 mod retries;
+mod startup;
 mod streaming;
 mod websocket;
