@@ -84,6 +84,15 @@ impl GatewayError {
         )
     }
 
+    /// A `101` that switches to a protocol the client did not offer.
+    pub fn bad_upgrade(pool: &str) -> Self {
+        Self::new(
+            502,
+            "upstream_bad_upgrade",
+            format!("the upstream of pool '{pool}' switched to a protocol that was not offered"),
+        )
+    }
+
     pub fn upstream_timeout(pool: &str) -> Self {
         Self::new(
             504,

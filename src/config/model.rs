@@ -113,6 +113,9 @@ pub struct RouteConfig {
     /// Header a client may use to set its own priority (`high`, `normal`,
     /// `low`); `None`: the route's priority always applies.
     pub priority_header: Option<http::HeaderName>,
+    /// Protocols a client may switch to (`Upgrade:`), lowercase; any other
+    /// `Upgrade` is removed and the request served as an ordinary one.
+    pub upgrades: Vec<String>,
     pub retry: RetryConfig,
     pub timeouts: Timeouts,
 }

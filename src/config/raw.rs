@@ -136,6 +136,7 @@ pub(crate) struct RawRoute {
     pub max_tokens_limit: Opt<i64>,
     pub stream_include_usage: Opt<bool>,
     pub priority_header: Opt<String>,
+    pub upgrades: Option<Vec<Spanned<String>>>,
     pub retry: Option<RawRetry>,
     pub timeouts: Option<RawTimeouts>,
 }

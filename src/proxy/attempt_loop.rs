@@ -29,6 +29,8 @@ pub struct Request<'r> {
     pub body: &'r Bytes,
     pub deadline: Instant,
     pub priority: Priority,
+    /// The protocols offered upstream in `Upgrade`, if any.
+    pub upgrade: Option<&'r http::HeaderValue>,
 }
 
 /// How trying one pool ended.
@@ -97,7 +99,7 @@ impl Gateway {
         match verdict {
             Some((Verdict::Error(err), _)) => self.reply(session, log, &err).await,
             Some((Verdict::Answer(held), pool)) => {
-                self.deliver(session, log, route, pool, *held).await
+                self.deliver(session, log, route, pool, &req, *held).await
             }
             // Only reachable when no pool could even be tried.
             None => {
@@ -283,7 +285,7 @@ impl Gateway {
             if gave_up && !out_of_time {
                 return PoolEnd::CannotServe(Verdict::Answer(Box::new(held)));
             }
-            return PoolEnd::Done(self.deliver(session, log, route, pool, held).await);
+            return PoolEnd::Done(self.deliver(session, log, route, pool, req, held).await);
         }
     }
 
@@ -315,6 +317,7 @@ impl Gateway {
         log: &mut AccessLog<'a>,
         route: &RouteConfig,
         pool: &Pool,
+        req: &Request<'_>,
         held: Held,
     ) -> bool {
         let Held {
@@ -331,6 +334,12 @@ impl Gateway {
                 .saturating_duration_since(sent_at)
                 .as_secs_f64(),
         );
+        if answer.head.status == 101 && !upgrade::accepts_offer(&answer.head, req.upgrade) {
+            tracing::warn!(pool = %pool.name, server = %server.addr, "backend switched to a protocol that was not offered");
+            drop(answer);
+            let err = GatewayError::bad_upgrade(&pool.name);
+            return self.reject(session, log, &err).await;
+        }
         let answer = honest_busy(answer, outcome, pool, Instant::now());
         log.status = answer.head.status.as_u16();
         let end = if answer.head.status == 101 {

@@ -21,6 +21,8 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
+    // HTTP/1.1 → h2c upgrade settings: never meaningful past this hop.
+    "http2-settings",
 ];
 
 /// Headers named in `Connection: a, b` are hop-by-hop too.
@@ -40,8 +42,9 @@ pub struct Forwarding {
     /// `http` or `https`, as the client spoke to us.
     pub proto: &'static str,
     pub body_len: usize,
-    /// The client asks to switch protocols (WebSocket): keep `Upgrade`.
-    pub upgrade: bool,
+    /// The protocols the client may switch to (see `upgrade::allowed_offer`),
+    /// sent as `Upgrade`; `None` sends no `Upgrade` at all.
+    pub upgrade: Option<HeaderValue>,
     /// The body was decoded: its `Content-Encoding` no longer applies.
     pub decoded: bool,
 }
@@ -106,11 +109,9 @@ pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding) -> Result<Requ
     }
     req.insert_header("x-forwarded-proto", fwd.proto)?;
 
-    if fwd.upgrade {
-        if let Some(proto) = client.headers.get(header::UPGRADE) {
-            req.insert_header(header::UPGRADE, proto.clone())?;
-            req.insert_header(header::CONNECTION, "upgrade")?;
-        }
+    if let Some(proto) = &fwd.upgrade {
+        req.insert_header(header::UPGRADE, proto.clone())?;
+        req.insert_header(header::CONNECTION, "upgrade")?;
     }
 
     // The body is buffered whole, so its length is known: never chunked upstream.
@@ -218,7 +219,7 @@ mod tests {
             client_ip: Some("127.0.0.9".parse().unwrap()),
             proto: "http",
             body_len: 12,
-            upgrade: false,
+            upgrade: None,
             decoded: false,
         }
     }

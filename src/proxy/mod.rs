@@ -122,6 +122,14 @@ impl Gateway {
         log.pool = Some(&pool.name);
         let deadline = log.start + route.timeouts.total;
 
+        // Only the route's protocols may be switched to; any other Upgrade
+        // is dropped here, so the request is served as an ordinary one.
+        let upgrade = upgrade::allowed_offer(session.req_header(), &route.upgrades);
+        if upgrade.is_none() && session.is_upgrade_req() {
+            session
+                .req_header_mut()
+                .remove_header(&http::header::UPGRADE);
+        }
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -130,7 +138,7 @@ impl Gateway {
             client_ip,
             proto: "http",
             body_len: body.len(),
-            upgrade: session.is_upgrade_req(),
+            upgrade: upgrade.clone(),
             decoded: prepared.decoded,
         };
         let up_req = match headers::upstream_request(session.req_header(), &fwd) {
@@ -147,6 +155,7 @@ impl Gateway {
             body: &body,
             deadline,
             priority: priority(route, session.req_header()),
+            upgrade: upgrade.as_ref(),
         };
         self.attempt_loop(session, log, request).await
     }

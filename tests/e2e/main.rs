@@ -17,4 +17,5 @@ mod proxying;
 mod retries;
 mod startup;
 mod streaming;
+mod upgrades;
 mod websocket;

@@ -292,3 +292,27 @@ fn pool_host_must_be_a_host_name() {
     );
     assert!(parse("test.toml", &text).is_ok());
 }
+
+#[test]
+fn upgrades_are_protocol_names_and_never_http() {
+    let with = |list: &str| {
+        MINIMAL.replace(
+            "pool = \"p\"\n",
+            &format!("pool = \"p\"\nupgrades = {list}\n"),
+        )
+    };
+    let c = parse(
+        "test.toml",
+        &with(r#"["WebSocket", "websocket", "my-proto"]"#),
+    )
+    .unwrap();
+    assert_eq!(c.routes[0].upgrades, ["websocket", "my-proto"]);
+    assert!(parse("test.toml", &with("[]")).unwrap().routes[0]
+        .upgrades
+        .is_empty());
+    for bad in ["h2c", "HTTP/2.0", "web socket", ""] {
+        let p = problems(&with(&format!("[\"{bad}\"]")));
+        assert_eq!(p.len(), 1, "{bad}: {p:#?}");
+        assert_eq!(p[0].key, "route[0].upgrades[0]");
+    }
+}

@@ -217,6 +217,7 @@ impl Checker<'_> {
                 }
             }
         });
+        let upgrades = self.upgrades(i, raw.upgrades.as_deref());
         RouteConfig {
             name,
             path_prefix,
@@ -231,9 +232,44 @@ impl Checker<'_> {
                 .is_some_and(|b| *b.get_ref()),
             priority,
             priority_header,
+            upgrades,
             retry: self.retry(i, raw.retry.as_ref()),
             timeouts: self.timeouts(i, raw.timeouts.as_ref()),
         }
+    }
+
+    /// `route.upgrades`: protocol names (`websocket`); default `["websocket"]`.
+    fn upgrades(&mut self, i: usize, raw: Option<&[Spanned<String>]>) -> Vec<String> {
+        let Some(list) = raw else {
+            return vec!["websocket".to_owned()];
+        };
+        let mut upgrades = Vec::new();
+        for (j, entry) in list.iter().enumerate() {
+            let name = entry.get_ref().trim().to_ascii_lowercase();
+            let key = format!("route[{i}].upgrades[{j}]");
+            let is_token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b));
+            if !is_token {
+                self.report(
+                    Some(entry.span()),
+                    key,
+                    format!("'{name}' is not a protocol name, e.g. \"websocket\""),
+                );
+            } else if name == "h2c" || name.starts_with("http/") {
+                // Spliced, an upgrade to HTTP would carry requests past every
+                // route and check (h2c smuggling).
+                self.report(
+                    Some(entry.span()),
+                    key,
+                    format!("'{name}' cannot be tunnelled; clients reach h2c with prior knowledge"),
+                );
+            } else if !upgrades.contains(&name) {
+                upgrades.push(name);
+            }
+        }
+        upgrades
     }
 
     fn pool_ref(&mut self, name: &Spanned<String>, key: &str, pools: &PoolNames) -> usize {
