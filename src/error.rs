@@ -125,6 +125,24 @@ impl GatewayError {
         )
     }
 
+    pub fn uri_too_long(limit: u64) -> Self {
+        Self::new(
+            414,
+            "uri_too_long",
+            format!("the request line exceeds the limit of {limit} bytes"),
+        )
+    }
+
+    /// A method the gateway never forwards (TRACE, CONNECT).
+    pub fn method_not_allowed(method: &str) -> Self {
+        let shown: String = method.chars().take(20).collect();
+        Self::new(
+            405,
+            "method_not_allowed",
+            format!("the method {shown} is not allowed"),
+        )
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "bad_request", message)
     }

@@ -3,8 +3,8 @@
 //! crate's default registry, the same one Pingora uses.
 
 use prometheus::{
-    register_gauge_vec, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
-    GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec,
+    register_gauge_vec, register_histogram_vec, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, GaugeVec, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
 };
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -108,6 +108,31 @@ static STREAMS_ACTIVE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
     .expect("metric ballast_streams_active registers")
 });
+
+static CLIENT_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "ballast_client_connections",
+        "Open client connections (limits.max_connections caps them)"
+    )
+    .expect("metric ballast_client_connections registers")
+});
+
+static CONNECTIONS_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_connections_refused_total",
+        "Client connections refused before a request was read, by reason",
+        &["reason"]
+    )
+    .expect("metric ballast_connections_refused_total registers")
+});
+
+pub fn client_connections(delta: i64) {
+    CLIENT_CONNECTIONS.add(delta);
+}
+
+pub fn connection_refused(reason: &str) {
+    CONNECTIONS_REFUSED.with_label_values(&[reason]).inc();
+}
 
 static STREAM_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
@@ -227,6 +252,8 @@ pub fn init() {
     LazyLock::force(&QUEUE_WAIT);
     LazyLock::force(&SHED);
     LazyLock::force(&BODY_BYTES);
+    LazyLock::force(&CLIENT_CONNECTIONS);
+    CONNECTIONS_REFUSED.with_label_values(&["max_connections"]);
     for kind in ["sse", "websocket"] {
         STREAMS_ACTIVE.with_label_values(&[kind]);
     }

@@ -5,16 +5,19 @@ use crate::admin::Admin;
 use crate::config::{Config, LogFormat};
 use crate::metrics;
 use crate::pool::{prober, Pool};
-use crate::proxy::Gateway;
+use crate::proxy::{Connections, Gateway};
 use anyhow::Context;
 use async_trait::async_trait;
 use http::HeaderValue;
 use pingora_core::apps::http_app::HttpServer;
+use pingora_core::listeners::TcpSocketOptions;
+use pingora_core::protocols::TcpKeepalive;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Install the tracing subscriber: `RUST_LOG` wins over the config's level.
 /// Whatever the filter says, Pingora's own `trace` events are dropped: they
@@ -99,6 +102,21 @@ impl BackgroundService for Prober {
     }
 }
 
+/// TCP keep-alive on client connections: a peer that vanished without a
+/// FIN (power loss, a dropped NAT entry) is found and closed even while a
+/// long stream or WebSocket is quiet.
+fn client_socket_options() -> TcpSocketOptions {
+    let mut options = TcpSocketOptions::default();
+    options.tcp_keepalive = Some(TcpKeepalive {
+        idle: Duration::from_secs(60),
+        interval: Duration::from_secs(10),
+        count: 6,
+        #[cfg(target_os = "linux")]
+        user_timeout: Duration::ZERO,
+    });
+    options
+}
+
 /// Every listener can be bound: a start-up error naming the address and
 /// the reason, rather than a service that silently never listens. Bound
 /// the way Pingora binds (with `SO_REUSEADDR`) and released at once.
@@ -152,10 +170,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let mut gateway = Service::new(
         "ballast gateway".to_string(),
-        Gateway::new(config.clone(), pools.clone()),
+        Connections::new(Gateway::new(config.clone(), pools.clone())),
     );
     for addr in &config.server.listen {
-        gateway.add_tcp(addr);
+        gateway.add_tcp_with_settings(addr, client_socket_options());
     }
 
     let mut admin = Service::new(

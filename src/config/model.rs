@@ -34,8 +34,17 @@ pub struct AdminSection {
 pub struct Limits {
     pub max_request_body: u64,
     pub max_header_bytes: u64,
+    /// The whole request head (first byte to blank line) must arrive in this.
     pub header_timeout: Duration,
     pub max_decompression_ratio: u64,
+    /// The whole request body must arrive in this → 408.
+    pub body_timeout: Duration,
+    /// An idle client connection (between requests) is closed after this.
+    pub keepalive_idle: Duration,
+    /// Open client connections; more are refused with a 503 at once.
+    pub max_connections: u32,
+    /// Request bytes buffered across all connections; beyond → 503.
+    pub max_buffered_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

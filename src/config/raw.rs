@@ -71,6 +71,10 @@ pub(crate) struct RawLimits {
     pub max_header_bytes: Opt<StrOrInt>,
     pub header_timeout: Opt<String>,
     pub max_decompression_ratio: Opt<i64>,
+    pub body_timeout: Opt<String>,
+    pub keepalive_idle: Opt<String>,
+    pub max_connections: Opt<i64>,
+    pub max_buffered_bytes: Opt<StrOrInt>,
 }
 
 /// Extension: logging output.

@@ -98,6 +98,10 @@ fn example_file_parses_into_expected_model() {
             max_header_bytes: 32 * 1024,
             header_timeout: secs(10),
             max_decompression_ratio: 200,
+            body_timeout: secs(30),
+            keepalive_idle: secs(60),
+            max_connections: 10_000,
+            max_buffered_bytes: 512 * 1024 * 1024,
         },
         log: LogSection {
             format: LogFormat::Text,
@@ -164,6 +168,10 @@ max_request_body = "1MiB"
 max_header_bytes = 8192
 header_timeout = "5s"
 max_decompression_ratio = 50
+body_timeout = "3s"
+keepalive_idle = "20s"
+max_connections = 500
+max_buffered_bytes = "64MiB"
 
 [log]
 format = "json"
@@ -239,6 +247,10 @@ fn full_example_parses_into_expected_model() {
             max_header_bytes: 8192,
             header_timeout: secs(5),
             max_decompression_ratio: 50,
+            body_timeout: secs(3),
+            keepalive_idle: secs(20),
+            max_connections: 500,
+            max_buffered_bytes: 64 * 1024 * 1024,
         }
     );
     assert_eq!(c.log.format, LogFormat::Json);
@@ -333,6 +345,10 @@ fn defaults() {
             max_header_bytes: 32 * 1024,
             header_timeout: secs(10),
             max_decompression_ratio: 200,
+            body_timeout: secs(30),
+            keepalive_idle: secs(60),
+            max_connections: 10_000,
+            max_buffered_bytes: 512 * 1024 * 1024,
         }
     );
     assert_eq!(

@@ -154,6 +154,25 @@ impl Checker<'_> {
                 200,
                 1,
             ),
+            body_timeout: self.duration(&raw.body_timeout, "limits.body_timeout", secs(30), true),
+            keepalive_idle: self.duration(
+                &raw.keepalive_idle,
+                "limits.keepalive_idle",
+                secs(60),
+                true,
+            ),
+            max_connections: self.int(
+                &raw.max_connections,
+                "limits.max_connections",
+                10_000,
+                1,
+                u32::MAX,
+            ),
+            max_buffered_bytes: self.size(
+                &raw.max_buffered_bytes,
+                "limits.max_buffered_bytes",
+                512 * MIB,
+            ),
         }
     }
 

@@ -6,8 +6,10 @@ mod access_log;
 mod attempt;
 mod attempt_loop;
 mod compress;
+mod connection;
 mod edge;
 mod fallback;
+mod head;
 mod headers;
 mod request;
 mod respond;
@@ -32,6 +34,8 @@ use request::ReadError;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+pub use connection::Connections;
+
 pub struct Gateway {
     config: Arc<Config>,
     routes: RouteTable,
@@ -46,6 +50,9 @@ impl Gateway {
     pub fn new(config: Arc<Config>, pools: Vec<Arc<Pool>>) -> Self {
         let mut server_options = HttpServerOptions::default();
         server_options.h2c = true;
+        // An HTTP/2 connection with nothing in flight is closed like an idle
+        // HTTP/1 one.
+        server_options.h2_idle_timeout = Some(config.limits.keepalive_idle);
         let now = Instant::now();
         Gateway {
             routes: RouteTable::new(&config.routes),
@@ -197,17 +204,41 @@ fn priority(route: &crate::config::RouteConfig, req: &pingora_http::RequestHeade
         .unwrap_or(route.priority)
 }
 
-#[async_trait]
-impl HttpServerApp for Gateway {
-    async fn process_new_http(
+impl Gateway {
+    /// Serve one HTTP/1 request whose head `connection` has read and checked;
+    /// returns the connection if it may carry another.
+    async fn serve_http1(
         self: &Arc<Self>,
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match request::read_head(&mut session, &self.config.limits).await {
+        let started = Instant::now();
+        match session.read_request().await {
             Ok(true) => {}
-            Ok(false) | Err(_) => return None,
+            Ok(false) => return None,
+            Err(e) => {
+                // Framing or authority Pingora refuses (conflicting lengths,
+                // Transfer-Encoding on HTTP/1.0, …): the client hears why.
+                tracing::debug!(error = %Redacted(&e), "request head refused");
+                let err = GatewayError::bad_request(
+                    "malformed request head: conflicting or invalid framing or authority",
+                );
+                crate::metrics::request_done("none", err.status, started.elapsed().as_secs_f64());
+                if let ServerSession::H1(h1) = session {
+                    let mut stream = h1.into_inner();
+                    let _ = respond::raw_error(&mut stream, &err).await;
+                }
+                return None;
+            }
         }
+        self.serve(session, shutdown).await
+    }
+
+    async fn serve(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
         if *shutdown.borrow() {
             session.set_keepalive(None);
         }
@@ -226,6 +257,24 @@ impl HttpServerApp for Gateway {
                 None
             }
         }
+    }
+}
+
+/// Pingora calls this for every HTTP/2 stream (`connection` hands HTTP/2
+/// connections to Pingora's own service); HTTP/1 goes through
+/// `Gateway::serve_http1`.
+#[async_trait]
+impl HttpServerApp for Gateway {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match request::read_head(&mut session, &self.config.limits).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return None,
+        }
+        self.serve(session, shutdown).await
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {

@@ -46,6 +46,16 @@ pub fn head_bytes(req: &RequestHeader) -> u64 {
 }
 
 pub fn check_head(req: &RequestHeader, limits: &Limits) -> Result<(), GatewayError> {
+    // Never forwarded: TRACE would echo credentials back, CONNECT would
+    // open a tunnel past every route.
+    if matches!(req.method.as_str(), "TRACE" | "TRACK" | "CONNECT") {
+        return Err(GatewayError::method_not_allowed(req.method.as_str()));
+    }
+    let target = req.uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+    if target as u64 > limits.max_header_bytes {
+        return Err(GatewayError::uri_too_long(limits.max_header_bytes));
+    }
+    check_host(req)?;
     if head_bytes(req) > limits.max_header_bytes {
         return Err(GatewayError::headers_too_large(limits.max_header_bytes));
     }
@@ -58,6 +68,39 @@ pub fn check_head(req: &RequestHeader, limits: &Limits) -> Result<(), GatewayErr
         return Err(GatewayError::body_too_large(limits.max_request_body));
     }
     Ok(())
+}
+
+/// HTTP/1.1 requires exactly one `Host`, and it must be a host name
+/// (RFC 9112 §3.2): anything else is refused, never guessed at.
+fn check_host(req: &RequestHeader) -> Result<(), GatewayError> {
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::bad_request(
+            "the request has more than one Host",
+        ));
+    }
+    match host {
+        None if req.version == http::Version::HTTP_11 => Err(GatewayError::bad_request(
+            "an HTTP/1.1 request needs a Host header",
+        )),
+        None => Ok(()),
+        Some(value) => {
+            let valid = value
+                .to_str()
+                .ok()
+                .filter(|h| !h.is_empty() && !h.contains('@'))
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .is_some();
+            if valid {
+                Ok(())
+            } else {
+                Err(GatewayError::bad_request(
+                    "the Host header is not a valid host",
+                ))
+            }
+        }
+    }
 }
 
 /// `Expect: 100-continue`: the client waits for a go-ahead before the body.
@@ -81,10 +124,22 @@ pub async fn read_body(session: &mut ServerSession, limit: u64) -> Result<Bytes,
                 buf.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(buf.freeze()),
+            Err(e) if is_malformed_body(&e) => {
+                tracing::debug!(error = %Redacted(&e), "request body malformed");
+                return Err(ReadError::Reject(GatewayError::bad_request(
+                    "malformed request body framing (chunked encoding)",
+                )));
+            }
             Err(e) => {
                 tracing::debug!(error = %Redacted(&e), "reading request body failed");
                 return Err(ReadError::Gone);
             }
         }
     }
+}
+
+/// Bad chunk sizes, extensions or trailers: the client's fault, answered
+/// with 400 (a connection that merely closed or timed out is not).
+fn is_malformed_body(e: &pingora_error::Error) -> bool {
+    matches!(e.etype().as_str(), "InvalidChunk" | "InvalidTrailerEnd")
 }

@@ -51,6 +51,35 @@ pub async fn gateway_error(session: &mut ServerSession, err: &GatewayError) -> b
     session.write_response_body(body, true).await.is_ok()
 }
 
+/// Write a gateway error as raw HTTP/1.1 bytes and close the write side:
+/// for connections Pingora has no session for (a refused or malformed
+/// head, too many connections).
+pub async fn raw_error<W>(io: &mut W, err: &GatewayError) -> std::io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    use tokio::io::AsyncWriteExt;
+    let body = err.json();
+    let reason = http::StatusCode::from_u16(err.status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut head = format!(
+        "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         cache-control: no-store\r\nconnection: close\r\n",
+        err.status,
+        body.len()
+    );
+    if let Some(secs) = err.retry_after_secs() {
+        head.push_str(&format!("retry-after: {secs}\r\n"));
+    }
+    head.push_str("\r\n");
+    io.write_all(head.as_bytes()).await?;
+    io.write_all(body.as_bytes()).await?;
+    io.flush().await?;
+    io.shutdown().await
+}
+
 /// How forwarding a response ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forwarded {

@@ -4,6 +4,7 @@
 mod admission;
 mod balancing;
 mod config_check;
+mod connections;
 mod credentials;
 mod edge;
 mod ejection;
@@ -11,6 +12,7 @@ mod errors;
 mod harness;
 mod health;
 mod leases;
+mod malformed;
 mod openai_client;
 mod prometheus;
 mod proxying;

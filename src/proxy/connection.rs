@@ -1,0 +1,190 @@
+//! One client connection from accept to close. Every state has a deadline
+//! and every buffer a bound: connections beyond `limits.max_connections`
+//! are refused at once with a 503; the HTTP/2 preface or an HTTP/1 head
+//! must arrive within `header_timeout` of accept; a kept-alive connection
+//! may idle for `keepalive_idle`, then has `header_timeout` for the next
+//! head; an HTTP/2 connection with nothing in flight is closed after
+//! `keepalive_idle`. Heads are read and checked by `head` before Pingora
+//! parses them, so a malformed one is answered with its status.
+
+use super::head::{self, Head, HeadLimits};
+use super::{respond, Gateway};
+use crate::error::GatewayError;
+use crate::metrics;
+use async_trait::async_trait;
+use pingora_core::apps::{HttpPersistentSettings, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::stream::Stream as TcpStream;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Room for the request line's method, version and line ends on top of
+/// `max_header_bytes`, which counts the target and the header lines.
+const REQUEST_LINE_SLACK: usize = 64;
+
+/// How long a refused connection is drained before it is closed: short
+/// when refusing for lack of room, longer for a client that sent a bad head.
+const OVERLOADED_LINGER: Duration = Duration::from_millis(200);
+const REFUSED_LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// The gateway's listening side: Pingora hands every accepted connection here.
+pub struct Connections {
+    gateway: Arc<Gateway>,
+    open: AtomicU32,
+}
+
+impl Connections {
+    pub fn new(gateway: Gateway) -> Self {
+        Connections {
+            gateway: Arc::new(gateway),
+            open: AtomicU32::new(0),
+        }
+    }
+
+    /// A place among the open connections, or `None` when all are taken.
+    fn admit(&self) -> Option<OpenConnection<'_>> {
+        let max = self.gateway.config.limits.max_connections;
+        let taken = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => {
+                metrics::client_connections(1);
+                Some(OpenConnection(&self.open))
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let limits = &self.gateway.config.limits;
+        let Some(mut tcp) = as_tcp(stream) else {
+            // Not a plain TCP stream (nothing else is listened on yet).
+            tracing::warn!("connection of an unexpected kind closed");
+            return;
+        };
+        let h2c = self.gateway.server_options.h2c;
+        let mut head_limits = HeadLimits {
+            first_byte_by: Instant::now() + limits.header_timeout,
+            header_timeout: limits.header_timeout,
+            fresh: true,
+            max_bytes: limits.max_header_bytes as usize + REQUEST_LINE_SLACK,
+            h2c,
+        };
+        let mut persistent: Option<HttpPersistentSettings> = None;
+        loop {
+            let started = Instant::now();
+            match head::read(&mut *tcp, &head_limits).await {
+                Head::Idle => return,
+                Head::Refuse(err) => {
+                    refuse(tcp, &err, started).await;
+                    return;
+                }
+                Head::Http2(read) => {
+                    tcp.rewind(&read);
+                    // Pingora's own HTTP/2 service: handshake, streams, and
+                    // `h2_idle_timeout`; every stream comes back to
+                    // `Gateway::process_new_http`.
+                    ServerApp::process_new(&self.gateway, tcp, shutdown).await;
+                    return;
+                }
+                Head::Http1(read) => {
+                    tcp.rewind(&read);
+                    let mut session = ServerSession::new_http1(tcp);
+                    match persistent.take() {
+                        Some(settings) => settings.apply_to_session(&mut session),
+                        None => session.set_keepalive(Some(limits.keepalive_idle.as_secs())),
+                    }
+                    if *shutdown.borrow() {
+                        session.set_keepalive(None);
+                    }
+                    let reused = self.gateway.serve_http1(session, shutdown).await;
+                    let Some(reused) = reused else { return };
+                    let (stream, settings) = reused.consume();
+                    persistent = settings;
+                    let Some(next) = as_tcp(stream) else { return };
+                    tcp = next;
+                    head_limits.fresh = false;
+                    head_limits.h2c = false;
+                    head_limits.first_byte_by = Instant::now() + limits.keepalive_idle;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for Connections {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let Some(_open) = self.admit() else {
+            metrics::connection_refused("max_connections");
+            let err = GatewayError::overloaded();
+            if respond::raw_error(&mut stream, &err).await.is_ok() {
+                linger(&mut stream, OVERLOADED_LINGER).await;
+            }
+            return None;
+        };
+        self.serve(stream, shutdown).await;
+        None
+    }
+
+    async fn cleanup(&self) {}
+}
+
+/// Counts one open client connection while it lives.
+struct OpenConnection<'a>(&'a AtomicU32);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::client_connections(-1);
+    }
+}
+
+/// The plain TCP stream behind Pingora's boxed one (whose read-back buffer
+/// lets the head be handed on after it was checked).
+fn as_tcp(stream: Stream) -> Option<Box<TcpStream>> {
+    if !stream.as_any().is::<TcpStream>() {
+        return None;
+    }
+    stream.into_any().downcast::<TcpStream>().ok()
+}
+
+/// Answer a head that cannot be served, count it, and close.
+async fn refuse(mut tcp: Box<TcpStream>, err: &GatewayError, started: Instant) {
+    tracing::debug!(status = err.status, code = err.code, "request head refused");
+    metrics::request_done("none", err.status, started.elapsed().as_secs_f64());
+    if respond::raw_error(&mut *tcp, err).await.is_ok() {
+        linger(&mut *tcp, REFUSED_LINGER).await;
+    }
+}
+
+/// After answering and closing our side, read (and drop) what the client
+/// still sends for a moment: closing with unread bytes would reset the
+/// connection, and the client might lose the answer. Bounded in time and
+/// bytes.
+async fn linger<R: tokio::io::AsyncRead + Unpin + ?Sized>(io: &mut R, limit: Duration) {
+    use tokio::io::AsyncReadExt;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, drain).await;
+}
