@@ -76,6 +76,16 @@ impl GatewayError {
         .with_retry_after(Duration::from_secs(1))
     }
 
+    /// `limits.max_buffered_bytes` is reached: no room for another body.
+    pub fn buffers_full() -> Self {
+        Self::new(
+            503,
+            "gateway_overloaded",
+            "the gateway is holding too many request bodies right now",
+        )
+        .with_retry_after(Duration::from_secs(1))
+    }
+
     pub fn upstream_failed(pool: &str) -> Self {
         Self::new(
             502,

@@ -126,6 +126,18 @@ static CONNECTIONS_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric ballast_connections_refused_total registers")
 });
 
+static BUFFERED_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "ballast_buffered_request_bytes",
+        "Request body bytes held across all connections (limits.max_buffered_bytes caps them)"
+    )
+    .expect("metric ballast_buffered_request_bytes registers")
+});
+
+pub fn buffered_bytes(delta: i64) {
+    BUFFERED_BYTES.add(delta);
+}
+
 pub fn client_connections(delta: i64) {
     CLIENT_CONNECTIONS.add(delta);
 }
@@ -253,6 +265,7 @@ pub fn init() {
     LazyLock::force(&SHED);
     LazyLock::force(&BODY_BYTES);
     LazyLock::force(&CLIENT_CONNECTIONS);
+    LazyLock::force(&BUFFERED_BYTES);
     CONNECTIONS_REFUSED.with_label_values(&["max_connections"]);
     for kind in ["sse", "websocket"] {
         STREAMS_ACTIVE.with_label_values(&[kind]);

@@ -5,6 +5,7 @@
 mod access_log;
 mod attempt;
 mod attempt_loop;
+mod buffered;
 mod compress;
 mod connection;
 mod edge;
@@ -44,6 +45,8 @@ pub struct Gateway {
     pools: Vec<Arc<Pool>>,
     connector: Connector,
     server_options: HttpServerOptions,
+    /// Request bytes held across all connections.
+    buffers: Arc<buffered::BufferBudget>,
 }
 
 impl Gateway {
@@ -61,6 +64,7 @@ impl Gateway {
                 .iter()
                 .map(|r| Mutex::new(RetryBudget::new(r.retry.budget, now)))
                 .collect(),
+            buffers: buffered::BufferBudget::new(config.limits.max_buffered_bytes),
             config,
             pools,
             connector: Connector::new(None),
@@ -83,16 +87,19 @@ impl Gateway {
             return ok && keep;
         }
         // The route may depend on the body (its model): until it is known,
-        // the body may take as long as the most patient candidate allows.
-        let body_deadline = log.start
-            + self
-                .config
-                .routes
-                .iter()
-                .filter(|r| path.starts_with(&r.path_prefix))
-                .map(|r| r.timeouts.total)
-                .max()
-                .unwrap_or_default();
+        // the body may take as long as the most patient candidate allows,
+        // and never longer than body_timeout.
+        let route_total = self
+            .config
+            .routes
+            .iter()
+            .filter(|r| path.starts_with(&r.path_prefix))
+            .map(|r| r.timeouts.total)
+            .max()
+            .unwrap_or_default();
+        let body_deadline = log.start + route_total.min(limits.body_timeout);
+        // Held until the request ends: the body lives through every attempt.
+        let mut claim = self.buffers.claim();
         if request::expects_continue(session.req_header()) {
             // The request is routable and within limits: invite the body.
             if session.write_continue_response().await.is_err() {
@@ -101,7 +108,7 @@ impl Gateway {
         }
         let wire = match fast_timeout(
             body_deadline.saturating_duration_since(Instant::now()),
-            request::read_body(session, limits.max_request_body),
+            request::read_body(session, limits.max_request_body, &mut claim),
         )
         .await
         {
@@ -112,7 +119,7 @@ impl Gateway {
                 let err = GatewayError::new(
                     408,
                     "request_timeout",
-                    "the request body did not arrive in time",
+                    "the request body did not arrive within limits.body_timeout",
                 );
                 return self.reject(session, log, &err).await;
             }
@@ -121,6 +128,13 @@ impl Gateway {
             Ok(p) => p,
             Err(e) => return self.reply(session, log, &e).await,
         };
+        // The decoded body is counted on top of the wire bytes: a bound that
+        // errs high, as the wire copy is freed once decoded.
+        if prepared.decoded && !claim.grow(prepared.body.len() as u64) {
+            return self
+                .reply(session, log, &GatewayError::buffers_full())
+                .await;
+        }
         let route_idx = prepared.route_idx;
         let body = prepared.body;
         let route = &self.config.routes[route_idx];

@@ -2,6 +2,7 @@
 //! `max_header_bytes`, the body buffered whole under `max_request_body` so
 //! that every attempt can replay it.
 
+use super::buffered::Claim;
 use crate::config::Limits;
 use crate::error::GatewayError;
 use crate::redact::Redacted;
@@ -111,15 +112,22 @@ pub fn expects_continue(req: &RequestHeader) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
 }
 
-/// Buffer the whole body (bounded by `max_request_body`, and by the route's
-/// deadline which the caller applies).
-pub async fn read_body(session: &mut ServerSession, limit: u64) -> Result<Bytes, ReadError> {
+/// Buffer the whole body, bounded by `max_request_body` and, across all
+/// connections, by `claim`'s budget (the caller applies the deadline).
+pub async fn read_body(
+    session: &mut ServerSession,
+    limit: u64,
+    claim: &mut Claim,
+) -> Result<Bytes, ReadError> {
     let mut buf = BytesMut::new();
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if (buf.len() + chunk.len()) as u64 > limit {
                     return Err(ReadError::Reject(GatewayError::body_too_large(limit)));
+                }
+                if !claim.grow(chunk.len() as u64) {
+                    return Err(ReadError::Reject(GatewayError::buffers_full()));
                 }
                 buf.extend_from_slice(&chunk);
             }

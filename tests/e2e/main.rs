@@ -13,6 +13,7 @@ mod harness;
 mod health;
 mod leases;
 mod malformed;
+mod memory;
 mod openai_client;
 mod prometheus;
 mod proxying;
