@@ -189,4 +189,6 @@ pub struct Timeouts {
     pub stream_idle: Duration,
     pub total: Duration,
     pub websocket_idle: Duration,
+    /// No progress writing to the client for this long ends the response.
+    pub client_write: Duration,
 }

@@ -171,6 +171,7 @@ pub(crate) struct RawTimeouts {
     pub stream_idle: Opt<String>,
     pub total: Opt<String>,
     pub websocket_idle: Opt<String>,
+    pub client_write: Opt<String>,
 }
 
 /// A value users may write either as a string or as a bare integer: sizes

@@ -69,6 +69,7 @@ fn default_timeouts() -> Timeouts {
         stream_idle: secs(60),
         total: secs(600),
         websocket_idle: secs(24 * 3600),
+        client_write: secs(60),
     }
 }
 
@@ -223,6 +224,7 @@ first_byte = "10s"
 stream_idle = "20s"
 total = "1h"
 websocket_idle = "30m"
+client_write = "15s"
 
 [[route]]
 name = "rest"
@@ -317,6 +319,7 @@ fn full_example_parses_into_expected_model() {
             stream_idle: secs(20),
             total: secs(3600),
             websocket_idle: secs(1800),
+            client_write: secs(15),
         }
     );
     assert_eq!(

@@ -343,10 +343,11 @@ impl Gateway {
         let answer = honest_busy(answer, outcome, pool, Instant::now());
         log.status = answer.head.status.as_u16();
         let end = if answer.head.status == 101 {
-            upgrade::splice(session, answer, route.timeouts.websocket_idle).await
+            upgrade::splice(session, answer, &route.timeouts).await
         } else {
             let how = respond::Forwarding {
                 stream_idle: route.timeouts.stream_idle,
+                client_write: route.timeouts.client_write,
                 require_done: route.openai,
             };
             respond::forward(session, answer, &self.connector, server.peer(), &how).await

@@ -94,6 +94,9 @@ pub enum Forwarded {
     /// An OpenAI event stream ended without `data: [DONE]`: a truncated
     /// answer, aborted likewise.
     MissingDone,
+    /// The client stopped reading for `client_write`: the response was
+    /// abandoned and the backend connection closed, freeing its slot.
+    ClientStalled,
 }
 
 impl Forwarded {
@@ -104,6 +107,7 @@ impl Forwarded {
             Forwarded::UpstreamBroken => "upstream_broken",
             Forwarded::UpstreamStalled => "upstream_stalled",
             Forwarded::MissingDone => "missing_done",
+            Forwarded::ClientStalled => "client_stalled",
         }
     }
 }
@@ -140,6 +144,8 @@ fn interrupted_event(end: Forwarded) -> Bytes {
 /// How a response is forwarded (per route).
 pub struct Forwarding {
     pub stream_idle: Duration,
+    /// Longest a write to the client may make no progress.
+    pub client_write: Duration,
     /// An event stream must end with `data: [DONE]` (OpenAI routes).
     pub require_done: bool,
 }
@@ -180,16 +186,7 @@ pub async fn forward(
     let started = Instant::now();
     let _active = sse.then(|| metrics::ActiveStream::new("sse"));
 
-    let end = pump(
-        session,
-        &mut upstream,
-        head,
-        first,
-        done,
-        how.stream_idle,
-        body,
-    )
-    .await;
+    let end = pump(session, &mut upstream, head, first, done, how, body).await;
     if sse {
         metrics::stream_done("sse", started.elapsed().as_secs_f64());
     }
@@ -208,18 +205,24 @@ pub async fn forward(
             upstream.shutdown().await;
             metrics::stream_abort(end.label());
         }
+        Forwarded::ClientStalled => {
+            upstream.shutdown().await;
+            metrics::stream_abort(end.label());
+            tracing::debug!("client stopped reading; response abandoned");
+            // Nothing more is written (it would block too): the connection
+            // is dropped as it is.
+            session.set_keepalive(None);
+        }
         Forwarded::UpstreamBroken | Forwarded::UpstreamStalled | Forwarded::MissingDone => {
             upstream.shutdown().await;
             metrics::stream_abort(end.label());
             if sse {
-                let _ = session
-                    .write_response_body(interrupted_event(end), false)
-                    .await;
+                let _ = write(session, interrupted_event(end), false, how.client_write).await;
             }
             // Abort: no terminating chunk (h1) / a stream reset (h2), so no
             // client mistakes the truncated body for a whole one.
             session.set_keepalive(None);
-            session.shutdown().await;
+            let _ = fast_timeout(how.client_write, session.shutdown()).await;
         }
     }
     end
@@ -277,13 +280,36 @@ impl DoneWatch {
     }
 }
 
-/// Write body bytes; an empty non-final write is skipped (for chunked h1
-/// it would end the body).
-async fn write(session: &mut ServerSession, bytes: Bytes, end: bool) -> bool {
-    if bytes.is_empty() && !end {
-        return true;
+/// How a write to the client went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wrote {
+    Ok,
+    Gone,
+    /// No progress for `client_write`.
+    Stalled,
+}
+
+impl Wrote {
+    fn failed(self) -> Option<Forwarded> {
+        match self {
+            Wrote::Ok => None,
+            Wrote::Gone => Some(Forwarded::ClientGone),
+            Wrote::Stalled => Some(Forwarded::ClientStalled),
+        }
     }
-    session.write_response_body(bytes, end).await.is_ok()
+}
+
+/// Write body bytes within `limit`; an empty non-final write is skipped
+/// (for chunked h1 it would end the body).
+async fn write(session: &mut ServerSession, bytes: Bytes, end: bool, limit: Duration) -> Wrote {
+    if bytes.is_empty() && !end {
+        return Wrote::Ok;
+    }
+    match fast_timeout(limit, session.write_response_body(bytes, end)).await {
+        Ok(Ok(())) => Wrote::Ok,
+        Ok(Err(_)) => Wrote::Gone,
+        Err(_) => Wrote::Stalled,
+    }
 }
 
 /// Copy the response to the client until it ends one way or another.
@@ -293,26 +319,29 @@ async fn pump(
     head: ResponseHeader,
     first: Option<Bytes>,
     done: bool,
-    stream_idle: Duration,
+    how: &Forwarding,
     mut body: Body,
 ) -> Forwarded {
-    if session.write_response_header(Box::new(head)).await.is_err() {
-        return Forwarded::ClientGone;
+    let limit = how.client_write;
+    match fast_timeout(limit, session.write_response_header(Box::new(head))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Forwarded::ClientGone,
+        Err(_) => return Forwarded::ClientStalled,
     }
     if let Some(chunk) = first {
         let out = body.pass(chunk, done);
-        if !write(session, out, false).await {
-            return Forwarded::ClientGone;
+        if let Some(end) = write(session, out, false, limit).await.failed() {
+            return end;
         }
     }
     let mut finished = done;
     while !finished {
         tokio::select! {
-            read = fast_timeout(stream_idle, upstream.read_response_body()) => match read {
+            read = fast_timeout(how.stream_idle, upstream.read_response_body()) => match read {
                 Ok(Ok(Some(chunk))) => {
                     let out = body.pass(chunk, false);
-                    if !write(session, out, false).await {
-                        return Forwarded::ClientGone;
+                    if let Some(end) = write(session, out, false, limit).await.failed() {
+                        return end;
                     }
                 }
                 Ok(Ok(None)) => finished = true,
@@ -333,14 +362,15 @@ async fn pump(
     if body.compressor.is_active() && !body.flushed {
         // The compressed stream's own ending (e.g. the gzip trailer).
         let tail = body.pass(Bytes::new(), true);
-        if !write(session, tail, false).await {
-            return Forwarded::ClientGone;
+        if let Some(end) = write(session, tail, false, limit).await.failed() {
+            return end;
         }
     }
-    if session.finish_body().await.is_err() {
-        return Forwarded::ClientGone;
+    match fast_timeout(limit, session.finish_body()).await {
+        Ok(Ok(_)) => Forwarded::Complete,
+        Ok(Err(_)) => Forwarded::ClientGone,
+        Err(_) => Forwarded::ClientStalled,
     }
-    Forwarded::Complete
 }
 
 #[cfg(test)]

@@ -6,13 +6,14 @@
 use super::attempt::Answer;
 use super::headers;
 use super::respond::Forwarded;
+use crate::config::Timeouts;
 use crate::metrics;
 use http::header::{self, HeaderValue};
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::protocols::http::ServerSession;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_timeout::fast_timeout::fast_timeout;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The client's `Upgrade` offer narrowed to the protocols the route allows
 /// (`route.upgrades`); `None` when nothing is left, and the request is then
@@ -63,7 +64,7 @@ fn same_protocol(token: &str, name: &str) -> bool {
     !token.is_empty() && base(token) == base(name)
 }
 
-pub async fn splice(session: &mut ServerSession, answer: Answer, idle: Duration) -> Forwarded {
+pub async fn splice(session: &mut ServerSession, answer: Answer, timeouts: &Timeouts) -> Forwarded {
     let Answer {
         session: mut upstream,
         head,
@@ -76,16 +77,22 @@ pub async fn splice(session: &mut ServerSession, answer: Answer, idle: Duration)
     let head = headers::downstream_response(&head);
     let started = Instant::now();
     let _active = metrics::ActiveStream::new("websocket");
-    if session.write_response_header(Box::new(head)).await.is_err() {
+    let wrote = fast_timeout(
+        timeouts.client_write,
+        session.write_response_header(Box::new(head)),
+    );
+    if !matches!(wrote.await, Ok(Ok(()))) {
         upstream.shutdown().await;
         return Forwarded::ClientGone;
     }
-    let end = copy_both_ways(session, &mut upstream, idle).await;
+    let end = copy_both_ways(session, &mut upstream, timeouts).await;
     metrics::stream_done("websocket", started.elapsed().as_secs_f64());
     // Whoever ended it, the other side is closed too.
     upstream.shutdown().await;
     session.set_keepalive(None);
-    session.shutdown().await;
+    if end != Forwarded::ClientStalled {
+        let _ = fast_timeout(timeouts.client_write, session.shutdown()).await;
+    }
     if end != Forwarded::Complete {
         metrics::stream_abort(end.label());
     }
@@ -95,8 +102,9 @@ pub async fn splice(session: &mut ServerSession, answer: Answer, idle: Duration)
 async fn copy_both_ways(
     session: &mut ServerSession,
     upstream: &mut HttpSession,
-    idle: Duration,
+    timeouts: &Timeouts,
 ) -> Forwarded {
+    let idle = timeouts.websocket_idle;
     loop {
         tokio::select! {
             from_client = fast_timeout(idle, session.read_request_body()) => match from_client {
@@ -112,8 +120,10 @@ async fn copy_both_ways(
             },
             from_backend = fast_timeout(idle, upstream.read_response_body()) => match from_backend {
                 Ok(Ok(Some(bytes))) => {
-                    if session.write_response_body(bytes, false).await.is_err() {
-                        return Forwarded::ClientGone;
+                    match fast_timeout(timeouts.client_write, session.write_response_body(bytes, false)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Forwarded::ClientGone,
+                        Err(_) => return Forwarded::ClientStalled,
                     }
                 }
                 Ok(Ok(None)) => return Forwarded::Complete,

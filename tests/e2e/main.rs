@@ -18,6 +18,7 @@ mod openai_client;
 mod prometheus;
 mod proxying;
 mod retries;
+mod slow_readers;
 mod startup;
 mod streaming;
 mod upgrades;

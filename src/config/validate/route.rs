@@ -372,6 +372,7 @@ impl Checker<'_> {
                 secs(24 * 3600),
                 true,
             ),
+            client_write: self.duration(&raw.client_write, &key("client_write"), secs(60), true),
         }
     }
 }
