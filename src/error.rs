@@ -153,6 +153,11 @@ impl GatewayError {
         )
     }
 
+    /// A request path with no safe canonical form (`crate::path`).
+    pub fn bad_path(err: crate::path::PathError) -> Self {
+        Self::new(400, "bad_path", err.message())
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "bad_request", message)
     }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod metrics;
 pub mod openai;
 pub mod outcome;
+pub mod path;
 pub mod pool;
 pub mod proxy;
 pub mod queue;

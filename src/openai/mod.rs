@@ -32,19 +32,20 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Matches on the end of the path, so `/v1/chat/completions` and
-    /// `/openai/v1/chat/completions` both work; a trailing `/` does not
-    /// match. A query string, if passed along, is ignored.
+    /// Matches on the end of the (canonical) path, so `/v1/chat/completions`
+    /// and `/openai/v1/chat/completions` both work. Case, a trailing `/`
+    /// and `;params` do not matter: a backend that ignores them would
+    /// serve the endpoint, so its checks must apply. A query string, if
+    /// passed along, is ignored.
     pub fn from_path(path: &str) -> Option<Endpoint> {
         let path = path.split_once('?').map_or(path, |(p, _)| p);
-        if path.ends_with("/chat/completions") {
-            Some(Endpoint::ChatCompletions)
-        } else if path.ends_with("/completions") {
-            Some(Endpoint::Completions)
-        } else if path.ends_with("/embeddings") {
-            Some(Endpoint::Embeddings)
-        } else {
-            None
+        let mut segments = crate::path::match_segments(path).rev();
+        let last = segments.next()?;
+        match (last.as_str(), segments.next().as_deref()) {
+            ("completions", Some("chat")) => Some(Endpoint::ChatCompletions),
+            ("completions", _) => Some(Endpoint::Completions),
+            ("embeddings", _) => Some(Endpoint::Embeddings),
+            _ => None,
         }
     }
 

@@ -53,7 +53,12 @@ fn from_path() {
         ("/v1/chat/completions", Some(Chat)),
         ("/openai/v1/chat/completions", Some(Chat)),
         ("/v1/chat/completions?api-version=1", Some(Chat)),
-        ("/v1/chat/completions/", None),
+        // Spellings a lenient backend may still serve as the endpoint.
+        ("/v1/chat/completions/", Some(Chat)),
+        ("/V1/Chat/Completions", Some(Chat)),
+        ("/v1/chat/completions;x=1", Some(Chat)),
+        ("/v1/chat;a/completions", Some(Chat)),
+        ("/v1/chat-completions", None),
         ("/v1/completions", Some(Completions)),
         ("/v1/embeddings", Some(Embeddings)),
         ("/v1/models", None),

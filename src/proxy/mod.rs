@@ -78,6 +78,9 @@ impl Gateway {
         if let Err(e) = request::check_head(session.req_header(), limits) {
             return self.reject(session, log, &e).await;
         }
+        if let Err(e) = request::canonicalise_path(session.req_header_mut()) {
+            return self.reject(session, log, &e).await;
+        }
         let path = session.req_header().uri.path().to_owned();
         if !self.routes.path_matches(&path) {
             let keep = session.is_body_empty();

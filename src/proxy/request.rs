@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use pingora_core::protocols::http::ServerSession;
 use pingora_http::RequestHeader;
 use pingora_timeout::fast_timeout::fast_timeout;
+use std::borrow::Cow;
 
 /// What went wrong reading the request.
 pub enum ReadError {
@@ -101,6 +102,31 @@ fn check_host(req: &RequestHeader) -> Result<(), GatewayError> {
                 ))
             }
         }
+    }
+}
+
+/// Put the request's path in its canonical form (`crate::path`), in place:
+/// from here on every decision, and the backend, see only that form.
+pub fn canonicalise_path(req: &mut RequestHeader) -> Result<(), GatewayError> {
+    let canonical = match crate::path::canonical(req.uri.path()) {
+        Ok(Cow::Borrowed(_)) => return Ok(()),
+        Ok(Cow::Owned(p)) => p,
+        Err(e) => return Err(GatewayError::bad_path(e)),
+    };
+    let target = match req.uri.query() {
+        Some(q) => format!("{canonical}?{q}"),
+        None => canonical,
+    };
+    let mut parts = req.uri.clone().into_parts();
+    parts.path_and_query = http::uri::PathAndQuery::try_from(target).ok();
+    match http::Uri::from_parts(parts) {
+        Ok(uri) => {
+            req.set_uri(uri);
+            Ok(())
+        }
+        Err(_) => Err(GatewayError::bad_request(
+            "the request target cannot be rebuilt",
+        )),
     }
 }
 

@@ -15,6 +15,7 @@ mod leases;
 mod malformed;
 mod memory;
 mod openai_client;
+mod paths;
 mod prometheus;
 mod proxying;
 mod retries;
