@@ -23,6 +23,8 @@ pub struct ServerSection {
     pub threads: usize,
     /// Seconds a graceful shutdown waits for requests in flight.
     pub grace_period: Duration,
+    /// Peers whose forwarding headers are believed (and appended to).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

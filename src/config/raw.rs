@@ -46,6 +46,7 @@ pub(crate) struct RawServer {
     pub threads: Opt<i64>,
     /// Extension: how long a graceful shutdown waits for requests in flight.
     pub grace_period: Opt<String>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
     /// Listed (commented out) in the design; accepted so that writing it gives
     /// a clear "not supported by this build" instead of "unknown key".
     pub tls: Option<RawListenerTls>,

@@ -90,6 +90,7 @@ fn example_file_parses_into_expected_model() {
             listen: vec!["127.0.0.1:8080".into()],
             threads: config.server.threads, // default: cores
             grace_period: secs(5),
+            trusted_proxies: vec![],
         },
         admin: AdminSection {
             listen: "127.0.0.1:9090".into(),
@@ -160,6 +161,7 @@ const FULL: &str = r#"
 listen = ["0.0.0.0:8080", "[::1]:8081"]
 threads = 2
 grace_period = "250ms"
+trusted_proxies = ["10.1.2.3/8", "::1"]
 
 [admin]
 listen = "127.0.0.1:9090"
@@ -240,6 +242,7 @@ fn full_example_parses_into_expected_model() {
             listen: vec!["0.0.0.0:8080".into(), "[::1]:8081".into()],
             threads: 2,
             grace_period: Duration::from_millis(250),
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
         }
     );
     assert_eq!(
@@ -338,6 +341,7 @@ fn defaults() {
             listen: vec!["0.0.0.0:8080".into()],
             threads: cores,
             grace_period: secs(5),
+            trusted_proxies: vec![],
         }
     );
     assert_eq!(c.admin.listen, "127.0.0.1:9090");

@@ -108,10 +108,27 @@ impl Checker<'_> {
                 "TLS on client listeners is not supported by this build yet",
             );
         }
+        let mut trusted_proxies = Vec::new();
+        for (i, entry) in raw.trusted_proxies.iter().flatten().enumerate() {
+            let text = entry.get_ref().trim();
+            // A bare address is a network of one.
+            let net = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match net {
+                Ok(net) => trusted_proxies.push(net.trunc()),
+                Err(_) => self.report(
+                    Some(entry.span()),
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("'{text}' is not an address or CIDR, e.g. \"10.0.0.0/8\""),
+                ),
+            }
+        }
         ServerSection {
             listen,
             threads,
             grace_period,
+            trusted_proxies,
         }
     }
 

@@ -25,7 +25,34 @@ const HOP_BY_HOP: &[&str] = &[
     "http2-settings",
 ];
 
-/// Headers named in `Connection: a, b` are hop-by-hop too.
+/// Headers that say who the client is and how it reached us. From a peer
+/// not in `server.trusted_proxies` they are the client's own claims and
+/// are dropped (`X-Forwarded-For` is then the peer alone).
+const FORWARDING: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+/// Headers the gateway sets or relies on: `Connection: <name>` cannot
+/// remove them, in either direction.
+const PROTECTED: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "content-encoding",
+    "content-type",
+    "authorization",
+    "retry-after",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+];
+
+/// Headers named in `Connection: a, b` are hop-by-hop too, except those
+/// the gateway sets or relies on.
 fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
@@ -33,7 +60,15 @@ fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !PROTECTED.contains(&name.as_str()))
         .collect()
+}
+
+/// `x_forwarded_for` and the like: many backends (CGI, WSGI, some
+/// frameworks) read `_` as `-`, so these would pass as forwarding headers.
+fn spoofs_forwarding(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.contains('_') && FORWARDING.contains(&name.replace('_', "-").as_str())
 }
 
 /// Facts about the client connection that shape the upstream request.
@@ -41,6 +76,9 @@ pub struct Forwarding {
     pub client_ip: Option<IpAddr>,
     /// `http` or `https`, as the client spoke to us.
     pub proto: &'static str,
+    /// The peer is a trusted proxy: its forwarding headers are kept and
+    /// appended to.
+    pub trusted: bool,
     pub body_len: usize,
     /// The protocols the client may switch to (see `upgrade::allowed_offer`),
     /// sent as `Upgrade`; `None` sends no `Upgrade` at all.
@@ -71,7 +109,8 @@ pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding) -> Result<Requ
             || name == header::EXPECT
             || (fwd.decoded && name == header::CONTENT_ENCODING)
             || name.as_str() == "x-forwarded-for"
-            || name.as_str() == "x-forwarded-proto"
+            || (!fwd.trusted && FORWARDING.contains(&name.as_str()))
+            || spoofs_forwarding(name)
         {
             continue;
         }
@@ -94,20 +133,28 @@ pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding) -> Result<Requ
         req.insert_header(header::HOST, h)?;
     }
 
-    let mut xff: Vec<String> = client
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .collect();
+    // A trusted proxy's chain is appended to; anyone else's is replaced.
+    let mut xff: Vec<String> = if fwd.trusted {
+        client
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect()
+    } else {
+        Vec::new()
+    };
     if let Some(ip) = fwd.client_ip {
         xff.push(ip.to_string());
     }
     if !xff.is_empty() {
         req.insert_header("x-forwarded-for", xff.join(", "))?;
     }
-    req.insert_header("x-forwarded-proto", fwd.proto)?;
+    // A trusted proxy in front may have terminated TLS: its word stands.
+    if !(fwd.trusted && req.headers.contains_key("x-forwarded-proto")) {
+        req.insert_header("x-forwarded-proto", fwd.proto)?;
+    }
 
     if let Some(proto) = &fwd.upgrade {
         req.insert_header(header::UPGRADE, proto.clone())?;
@@ -218,6 +265,7 @@ mod tests {
         Forwarding {
             client_ip: Some("127.0.0.9".parse().unwrap()),
             proto: "http",
+            trusted: true,
             body_len: 12,
             upgrade: None,
             decoded: false,
@@ -268,6 +316,71 @@ mod tests {
         assert_eq!(local.headers["host"], "gw.example");
         assert_eq!(local.headers["authorization"], "Bearer client-own");
         assert!(!format!("{:?}", local.headers).contains("client-own"));
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_claim_who_the_client_is() {
+        let mut r = client_req();
+        for (name, value) in [
+            ("forwarded", "for=1.2.3.4;proto=https"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-proto", "https"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x-real_ip", "1.2.3.4"),
+        ] {
+            r.append_header(name, value).unwrap();
+        }
+        let mut f = fwd();
+        f.trusted = false;
+        let up = upstream_request(&r, &f).unwrap();
+        for gone in [
+            "forwarded",
+            "x-real-ip",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x_forwarded_for",
+            "x-real_ip",
+        ] {
+            assert!(up.headers.get(gone).is_none(), "{gone} passed");
+        }
+        assert_eq!(up.headers["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(up.headers["x-forwarded-proto"], "http");
+
+        // A trusted proxy's claims stand and its chain is appended to;
+        // the underscore spellings go anyway.
+        let up = upstream_request(&r, &fwd()).unwrap();
+        assert_eq!(up.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(up.headers["x-forwarded-proto"], "https");
+        assert_eq!(up.headers["x-real-ip"], "1.2.3.4");
+        assert!(up.headers.get("x_forwarded_for").is_none());
+    }
+
+    #[test]
+    fn connection_cannot_remove_what_the_gateway_relies_on() {
+        let mut r = client_req();
+        r.insert_header("connection", "host, x-forwarded-for, content-type, x-other")
+            .unwrap();
+        r.insert_header("x-other", "1").unwrap();
+        let mut f = fwd();
+        f.trusted = false;
+        let up = upstream_request(&r, &f).unwrap();
+        assert_eq!(up.headers["host"], "gw.example");
+        assert_eq!(up.headers["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(up.headers["content-type"], "application/json");
+        assert!(up.headers.get("x-other").is_none());
+
+        let mut resp = ResponseHeader::build(503, None).unwrap();
+        resp.insert_header("content-length", "5").unwrap();
+        resp.insert_header("retry-after", "3").unwrap();
+        resp.insert_header("connection", "content-length, retry-after, x-hop")
+            .unwrap();
+        resp.insert_header("x-hop", "1").unwrap();
+        let d = downstream_response(&resp);
+        assert_eq!(d.headers["content-length"], "5");
+        assert_eq!(d.headers["retry-after"], "3");
+        assert!(d.headers.get("x-hop").is_none());
     }
 
     #[test]

@@ -157,10 +157,18 @@ impl Gateway {
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+            .map(|a| a.ip().to_canonical());
+        let trusted = client_ip.is_some_and(|ip| {
+            self.config
+                .server
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&ip))
+        });
         let fwd = headers::Forwarding {
             client_ip,
             proto: "http",
+            trusted,
             body_len: body.len(),
             upgrade: upgrade.clone(),
             decoded: prepared.decoded,

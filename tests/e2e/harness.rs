@@ -4,7 +4,9 @@
 use ballast::sim::{Fault, FaultKind, SimOptions, SimServer};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A port nobody listens on (bound once, then released).
 pub fn free_port() -> u16 {
@@ -62,6 +64,15 @@ impl Gateway {
 
     /// `start` with extra environment variables (pool credentials).
     pub async fn start_env(body: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_with("", body, env).await
+    }
+
+    /// `start` with extra `[server]` keys.
+    pub async fn start_server(server_extra: &str, body: &str) -> Gateway {
+        Gateway::start_with(server_extra, body, &[]).await
+    }
+
+    async fn start_with(server_extra: &str, body: &str, env: &[(&str, &str)]) -> Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         // A test may bring its own [log] section.
@@ -71,7 +82,7 @@ impl Gateway {
             "[log]\nlevel = \"info\"\n\n"
         };
         let text = format!(
-            "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ngrace_period = \"1s\"\n\n\
+            "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ngrace_period = \"1s\"\n{server_extra}\n\
              [admin]\nlisten = \"{admin}\"\n\n{log}{body}"
         );
         let dir = tempfile::tempdir().expect("temp dir");
@@ -308,7 +319,6 @@ pub fn route_toml(name: &str, prefix: &str, pool: &str, extra: &str) -> String {
 /// Send `bytes` on a fresh connection to `addr` and read until the peer
 /// closes (or 10 s pass): what a raw client sees.
 pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> RawReply {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to the gateway");
@@ -355,4 +365,40 @@ impl RawReply {
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default()
     }
+}
+
+/// A raw backend that answers every request with the bytes `reply`, as a
+/// misbehaving server might; it keeps every request head it read.
+pub struct Canned {
+    pub addr: std::net::SocketAddr,
+    pub heads: Arc<Mutex<Vec<String>>>,
+}
+
+pub async fn canned(reply: &'static str) -> Canned {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let _ = conn.write_all(reply.as_bytes()).await;
+                // Hold the connection until the gateway lets go of it.
+                let _ = conn.read(&mut buf).await;
+            });
+        }
+    });
+    Canned { addr, heads }
 }

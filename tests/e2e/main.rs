@@ -9,6 +9,7 @@ mod credentials;
 mod edge;
 mod ejection;
 mod errors;
+mod forwarding;
 mod harness;
 mod health;
 mod leases;

@@ -3,45 +3,6 @@
 //! `101` that switches to something nobody offered is a 502, never a tunnel.
 
 use crate::harness::*;
-use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A backend that answers every request with `reply` then writes bytes a
-/// tunnel would carry; it keeps every request head it read.
-struct Canned {
-    addr: std::net::SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
-}
-
-async fn canned(reply: &'static str) -> Canned {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let heads = Arc::new(Mutex::new(Vec::new()));
-    let seen = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                seen.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&head).into_owned());
-                let _ = conn.write_all(reply.as_bytes()).await;
-                let _ = conn.write_all(b"SMUGGLED-BYTES").await;
-                // Hold the connection until the gateway lets go of it.
-                let _ = conn.read(&mut buf).await;
-            });
-        }
-    });
-    Canned { addr, heads }
-}
 
 fn lower(s: &str) -> String {
     s.to_ascii_lowercase()

@@ -316,3 +316,19 @@ fn upgrades_are_protocol_names_and_never_http() {
         assert_eq!(p[0].key, "route[0].upgrades[0]");
     }
 }
+
+#[test]
+fn trusted_proxies_are_addresses_or_cidrs() {
+    let text = format!(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.local\", \"10.0.0.0/33\"]\n{MINIMAL}"
+    );
+    let p = problems(&text);
+    assert_eq!(p.len(), 2, "{p:#?}");
+    assert_eq!(p[0].key, "server.trusted_proxies[1]");
+    assert_eq!(p[1].key, "server.trusted_proxies[2]");
+    assert!(
+        p[0].message.contains("not an address or CIDR"),
+        "{}",
+        p[0].message
+    );
+}
