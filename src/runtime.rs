@@ -117,6 +117,29 @@ fn client_socket_options() -> TcpSocketOptions {
     options
 }
 
+/// Raise the descriptor limit, and lower `limits.max_connections` to what
+/// it can carry (saying so), so that the cap refuses before descriptors run out.
+fn fit_connections_to_descriptors(config: &mut Config) {
+    let Some(descriptors) = crate::descriptors::raise_limit() else {
+        tracing::warn!(
+            "the descriptor limit cannot be read; limits.max_connections applies as set"
+        );
+        return;
+    };
+    let configured = config.limits.max_connections;
+    let cap = crate::descriptors::connection_cap(configured, descriptors);
+    if cap < configured {
+        tracing::warn!(
+            configured,
+            cap,
+            descriptors,
+            "limits.max_connections lowered to what the descriptor limit can carry \
+             (two per connection); raise `ulimit -n` to allow more"
+        );
+        config.limits.max_connections = cap;
+    }
+}
+
 /// Every listener can be bound: a start-up error naming the address and
 /// the reason, rather than a service that silently never listens. Bound
 /// the way Pingora binds (with `SO_REUSEADDR`) and released at once.
@@ -152,8 +175,9 @@ fn exit_if_a_listener_fails() {
 }
 
 /// Run the gateway until a signal stops the process. Never returns on success.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(mut config: Config) -> anyhow::Result<()> {
     metrics::init();
+    fit_connections_to_descriptors(&mut config);
     let config = Arc::new(config);
     let pools = build_pools(&config)?;
     check_listeners(&config)?;

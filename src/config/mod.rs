@@ -13,6 +13,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use model::*;
+pub use validate::{system_lookup, Lookup};
 
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,13 +64,23 @@ impl std::error::Error for ConfigError {}
 /// Parses and validates config `text`; `path_for_messages` names the file in
 /// errors.
 pub fn parse(path_for_messages: &str, text: &str) -> Result<Config, ConfigError> {
+    parse_with(path_for_messages, text, &validate::system_lookup)
+}
+
+/// `parse`, looking host names up with `lookup` (tests and fuzzing pass
+/// one that never touches the network).
+pub fn parse_with(
+    path_for_messages: &str,
+    text: &str,
+    lookup: &validate::Lookup,
+) -> Result<Config, ConfigError> {
     let error = |problems| ConfigError {
         file: path_for_messages.to_owned(),
         problems,
     };
     let raw: raw::RawConfig =
         toml::from_str(text).map_err(|e| error(vec![locate::serde_problem(text, &e)]))?;
-    validate::validate(text, &raw).map_err(error)
+    validate::validate(text, &raw, lookup).map_err(error)
 }
 
 /// Reads, parses and validates the config file at `path`.

@@ -25,10 +25,24 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const MIB: u64 = 1024 * 1024;
 const KIB: u64 = 1024;
 
-pub(crate) fn validate(text: &str, raw: &RawConfig) -> Result<Config, Vec<ConfigProblem>> {
+/// How host names in `pool.servers.addr` become addresses.
+pub type Lookup = dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>;
+
+/// The system resolver.
+pub fn system_lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    Ok((host, port).to_socket_addrs()?.collect())
+}
+
+pub(crate) fn validate(
+    text: &str,
+    raw: &RawConfig,
+    lookup: &Lookup,
+) -> Result<Config, Vec<ConfigProblem>> {
     let mut c = Checker {
         lines: LineIndex::new(text),
         problems: Vec::new(),
+        lookup,
     };
     let config = c.config(raw);
     if c.problems.is_empty() {
@@ -44,6 +58,7 @@ pub(crate) fn validate(text: &str, raw: &RawConfig) -> Result<Config, Vec<Config
 pub(super) struct Checker<'a> {
     lines: LineIndex<'a>,
     problems: Vec<ConfigProblem>,
+    lookup: &'a Lookup,
 }
 
 impl Checker<'_> {

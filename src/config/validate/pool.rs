@@ -1,11 +1,11 @@
 //! `[[pool]]` checks: names, servers (resolved now), health, queue.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 
 use toml::Spanned;
 
-use super::{secs, span_of, Checker};
+use super::{secs, span_of, Checker, Lookup};
 use crate::config::model::{HealthConfig, PoolConfig, QueueConfig, ServerConfig};
 use crate::config::raw::{RawHealth, RawPool, RawQueue, RawUpstream};
 
@@ -214,7 +214,7 @@ impl Checker<'_> {
             return None;
         };
         let text = addr.get_ref().trim().to_owned();
-        match resolve(&text) {
+        match resolve(&text, self.lookup) {
             Ok(resolved) => Some(ServerConfig {
                 addr: text,
                 resolved,
@@ -229,8 +229,9 @@ impl Checker<'_> {
     }
 }
 
-/// `host:port` → the first address it resolves to, IPv4 preferred.
-pub(crate) fn resolve(addr: &str) -> Result<SocketAddr, String> {
+/// `host:port` → the first address it resolves to, IPv4 preferred; names
+/// are looked up with `lookup`.
+pub(crate) fn resolve(addr: &str, lookup: &Lookup) -> Result<SocketAddr, String> {
     if let Ok(a) = addr.parse::<SocketAddr>() {
         return if a.port() == 0 {
             Err(format!("'{addr}' has port 0; give the backend's real port"))
@@ -264,10 +265,7 @@ pub(crate) fn resolve(addr: &str) -> Result<SocketAddr, String> {
         }
         Ok(p) => p,
     };
-    let resolved: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve '{host}': {e}"))?
-        .collect();
+    let resolved = lookup(host, port).map_err(|e| format!("cannot resolve '{host}': {e}"))?;
     resolved
         .iter()
         .find(|a| a.is_ipv4())
