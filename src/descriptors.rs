@@ -30,7 +30,7 @@ pub fn raise_limit() -> Option<u64> {
             }
         }
     }
-    Some(limit.rlim_cur as u64)
+    Some(limit.rlim_cur)
 }
 
 /// The connection cap `descriptors` can carry: two per client connection
