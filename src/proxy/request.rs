@@ -1,6 +1,8 @@
-//! Reading the client's request: the head within `header_timeout` and under
-//! `max_header_bytes`, the body buffered whole under `max_request_body` so
-//! that every attempt can replay it.
+//! The client's request once its head is parsed: the checks on the head
+//! (method, target length, Host, size, declared length), the canonical
+//! path, and the body buffered whole under `max_request_body` (and the
+//! shared budget) so that every attempt can replay it. HTTP/1 heads are
+//! read by `head` first; `read_head` serves HTTP/2 streams.
 
 use super::buffered::Claim;
 use crate::config::Limits;
