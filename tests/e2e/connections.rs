@@ -178,3 +178,48 @@ async fn connections_beyond_max_connections_are_refused_with_503() {
     .await;
     assert_eq!(ok.status(), Some(200), "{}", ok.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_fits_the_descriptor_limit() {
+    let a = sim("a").await;
+    // 300 descriptors carry (300 - 128) / 2 = 86 connections; the config's
+    // 10,000 is lowered to that, and said so.
+    let gw = Gateway::start_nofile(
+        300,
+        &format!(
+            "{}{}",
+            pool_toml("p", &[a.addr().to_string()], ""),
+            route_toml("r", "/", "p", "")
+        ),
+    )
+    .await;
+    assert!(
+        gw.log().contains("limits.max_connections lowered") && gw.log().contains("cap=86"),
+        "{}",
+        gw.log()
+    );
+    gw.wait_metric("ballast_client_connections", &[], 0.0).await;
+    let mut held = Vec::new();
+    for _ in 0..86 {
+        held.push(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    gw.wait_metric("ballast_client_connections", &[], 86.0)
+        .await;
+    // One more is refused with a 503 while descriptors remain: the admin
+    // side and the backends are still reachable.
+    let reply = raw_exchange(gw.addr, b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n").await;
+    assert_eq!(reply.status(), Some(503), "{}", reply.text());
+    assert!(reply.body().contains("gateway_overloaded"));
+    assert_eq!(
+        gw.metric(
+            "ballast_connections_refused_total",
+            &[("reason", "max_connections")]
+        )
+        .await,
+        1.0
+    );
+    drop(held);
+    gw.wait_metric("ballast_client_connections", &[], 0.0).await;
+    let r = gw.client.get(gw.url("/v1/models")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -64,15 +64,26 @@ impl Gateway {
 
     /// `start` with extra environment variables (pool credentials).
     pub async fn start_env(body: &str, env: &[(&str, &str)]) -> Gateway {
-        Gateway::start_with("", body, env).await
+        Gateway::start_with("", body, env, None).await
     }
 
     /// `start` with extra `[server]` keys.
     pub async fn start_server(server_extra: &str, body: &str) -> Gateway {
-        Gateway::start_with(server_extra, body, &[]).await
+        Gateway::start_with(server_extra, body, &[], None).await
     }
 
-    async fn start_with(server_extra: &str, body: &str, env: &[(&str, &str)]) -> Gateway {
+    /// `start` under a descriptor limit (soft and hard), set with util-linux's
+    /// `prlimit`, which then runs the gateway in its own process.
+    pub async fn start_nofile(nofile: u64, body: &str) -> Gateway {
+        Gateway::start_with("", body, &[], Some(nofile)).await
+    }
+
+    async fn start_with(
+        server_extra: &str,
+        body: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         // A test may bring its own [log] section.
@@ -89,7 +100,16 @@ impl Gateway {
         let path = dir.path().join("ballast.toml");
         std::fs::write(&path, text).expect("write config");
         let log = std::fs::File::create(dir.path().join("ballast.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        let bin = env!("CARGO_BIN_EXE_ballast");
+        let mut command = match nofile {
+            None => Command::new(bin),
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
+                c
+            }
+        };
+        let child = command
             .arg("--config")
             .arg(&path)
             .arg("run")
