@@ -1,6 +1,7 @@
 //! Every metric Ballast exports, defined in one place (names and labels are
 //! a public interface: DESIGN.md "Metrics"). Registered in the `prometheus`
-//! crate's default registry, the same one Pingora uses.
+//! crate's default registry (Pingora 0.9 no longer links `prometheus`, so
+//! the version is ours to choose: 0.14, text exposition only).
 
 use prometheus::{
     register_gauge_vec, register_histogram_vec, register_int_counter_vec, register_int_gauge,
