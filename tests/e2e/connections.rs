@@ -16,23 +16,13 @@ fn open_fds(pid: u32) -> usize {
 /// Read until the gateway closes the connection; what it sent, or a
 /// failure if it is still open after `limit`.
 async fn until_closed(conn: &mut TcpStream, limit: Duration) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let closed = tokio::time::timeout(limit, async {
-        loop {
-            match conn.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
+    let reply = read_until_closed(conn, limit).await;
     assert!(
-        closed.is_ok(),
+        reply.closed,
         "still open after {limit:?}; got {:?}",
-        String::from_utf8_lossy(&got)
+        reply.text()
     );
-    got
+    reply.bytes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

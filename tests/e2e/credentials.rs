@@ -7,14 +7,6 @@ const KEY_HOSTED: &str = "sk-hosted-5f1e0c2a";
 const KEY_OTHER: &str = "sk-other-9b7d4e11";
 const CLIENT_KEY: &str = "client-own-3c8a";
 
-fn header<'a>(rec: &'a ballast::sim::RequestRecord, name: &str) -> Vec<&'a str> {
-    rec.headers
-        .iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-        .collect()
-}
-
 fn carries(rec: &ballast::sim::RequestRecord, secret: &str) -> bool {
     rec.headers.iter().any(|(_, v)| v.contains(secret))
 }
@@ -71,21 +63,21 @@ async fn fallbacks_get_their_own_key_and_host_never_the_primarys() {
     let l = local.stats().log;
     assert_eq!((h.len(), o.len(), l.len()), (1, 1, 1));
     assert_eq!(
-        header(&h[0], "authorization"),
+        recorded_header(&h[0], "authorization"),
         [format!("Bearer {KEY_HOSTED}")]
     );
-    assert_eq!(header(&h[0], "host"), ["api.hosted.example"]);
+    assert_eq!(recorded_header(&h[0], "host"), ["api.hosted.example"]);
     assert_eq!(
-        header(&o[0], "authorization"),
+        recorded_header(&o[0], "authorization"),
         [format!("Bearer {KEY_OTHER}")]
     );
-    assert_eq!(header(&o[0], "host"), ["api.other.example"]);
+    assert_eq!(recorded_header(&o[0], "host"), ["api.other.example"]);
     // A pool that injects no key gets the client's own, and its own Host.
     assert_eq!(
-        header(&l[0], "authorization"),
+        recorded_header(&l[0], "authorization"),
         [format!("Bearer {CLIENT_KEY}")]
     );
-    assert_eq!(header(&l[0], "host"), [gw.addr.to_string()]);
+    assert_eq!(recorded_header(&l[0], "host"), [gw.addr.to_string()]);
 
     // No secret crossed a pool, and the client's key never reached a pool
     // that injects one.

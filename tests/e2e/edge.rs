@@ -53,15 +53,6 @@ async fn code(r: reqwest::Response) -> String {
     v["error"]["code"].as_str().unwrap_or_default().to_owned()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_bodies_reach_the_backend_decoded() {
     let a = sim("a").await;

@@ -9,14 +9,6 @@ const SPOOFED: &str = "Forwarded: for=203.0.113.9;proto=https\r\nX-Real-IP: 203.
     X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Port: 443\r\n\
     X-Forwarded-Proto: https\r\nX_Forwarded_For: 198.51.100.7\r\n";
 
-fn header<'a>(rec: &'a ballast::sim::RequestRecord, name: &str) -> Vec<&'a str> {
-    rec.headers
-        .iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-        .collect()
-}
-
 async fn spoofing_request(gw: &Gateway) {
     let reply = raw_exchange(
         gw.addr,
@@ -35,9 +27,9 @@ async fn an_untrusted_peer_cannot_say_who_the_client_is() {
     let gw = Gateway::one_pool(&[a.addr().to_string()], "").await;
     spoofing_request(&gw).await;
     let seen = &a.stats().log[0];
-    assert_eq!(header(seen, "x-forwarded-for"), ["127.0.0.1"]);
-    assert_eq!(header(seen, "x-forwarded-proto"), ["http"]);
-    assert_eq!(header(seen, "host"), ["gw"]);
+    assert_eq!(recorded_header(seen, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(recorded_header(seen, "x-forwarded-proto"), ["http"]);
+    assert_eq!(recorded_header(seen, "host"), ["gw"]);
     for gone in [
         "forwarded",
         "x-real-ip",
@@ -45,7 +37,10 @@ async fn an_untrusted_peer_cannot_say_who_the_client_is() {
         "x-forwarded-port",
         "x_forwarded_for",
     ] {
-        assert!(header(seen, gone).is_empty(), "{gone} reached the backend");
+        assert!(
+            recorded_header(seen, gone).is_empty(),
+            "{gone} reached the backend"
+        );
     }
 }
 
@@ -63,11 +58,14 @@ async fn a_trusted_proxy_is_believed_and_appended_to() {
     .await;
     spoofing_request(&gw).await;
     let seen = &a.stats().log[0];
-    assert_eq!(header(seen, "x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
-    assert_eq!(header(seen, "x-forwarded-proto"), ["https"]);
-    assert_eq!(header(seen, "x-real-ip"), ["203.0.113.9"]);
-    assert_eq!(header(seen, "x-forwarded-host"), ["evil.example"]);
-    assert!(header(seen, "x_forwarded_for").is_empty());
+    assert_eq!(
+        recorded_header(seen, "x-forwarded-for"),
+        ["203.0.113.9, 127.0.0.1"]
+    );
+    assert_eq!(recorded_header(seen, "x-forwarded-proto"), ["https"]);
+    assert_eq!(recorded_header(seen, "x-real-ip"), ["203.0.113.9"]);
+    assert_eq!(recorded_header(seen, "x-forwarded-host"), ["evil.example"]);
+    assert!(recorded_header(seen, "x_forwarded_for").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

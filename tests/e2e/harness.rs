@@ -344,9 +344,14 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> RawReply {
         .expect("connect to the gateway");
     // The peer may answer and close before every byte is written.
     let _ = conn.write_all(bytes).await;
+    read_until_closed(&mut conn, Duration::from_secs(10)).await
+}
+
+/// Read until the peer closes the connection, or `limit` passes.
+pub async fn read_until_closed(conn: &mut tokio::net::TcpStream, limit: Duration) -> RawReply {
     let mut got = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut buf = [0u8; 16384];
+    let mut buf = [0u8; 16384];
+    let closed = tokio::time::timeout(limit, async {
         loop {
             match conn.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
@@ -357,6 +362,39 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> RawReply {
     .await
     .is_ok();
     RawReply { bytes: got, closed }
+}
+
+/// Read one request head (up to its blank line) off a raw backend
+/// connection; `None` if the peer closed first.
+pub async fn read_request_head(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
+/// The values of header `name` in a request the simulator recorded.
+pub fn recorded_header<'a>(rec: &'a ballast::sim::RequestRecord, name: &str) -> Vec<&'a str> {
+    rec.headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// Resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("read /proc/PID/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
 }
 
 /// What a raw client received.
@@ -403,20 +441,15 @@ pub async fn canned(reply: &'static str) -> Canned {
         while let Ok((mut conn, _)) = listener.accept().await {
             let seen = seen.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(head) = read_request_head(&mut conn).await else {
+                    return;
+                };
                 seen.lock()
                     .unwrap()
                     .push(String::from_utf8_lossy(&head).into_owned());
                 let _ = conn.write_all(reply.as_bytes()).await;
                 // Hold the connection until the gateway lets go of it.
-                let _ = conn.read(&mut buf).await;
+                let _ = conn.read(&mut [0u8; 64]).await;
             });
         }
     });

@@ -5,32 +5,8 @@
 
 use crate::harness::*;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-async fn read_reply(conn: &mut TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match conn.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&got).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_body_ends_with_408_at_body_timeout() {
@@ -46,7 +22,9 @@ async fn a_slow_body_ends_with_408_at_body_timeout() {
     c.write_all(b"POST /echo HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\n\r\nonly some")
         .await
         .unwrap();
-    let reply = read_reply(&mut c).await;
+    let reply = read_until_closed(&mut c, Duration::from_secs(10))
+        .await
+        .text();
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(reply.contains("request_timeout"), "{reply}");
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
@@ -95,7 +73,9 @@ async fn buffered_bytes_across_connections_have_a_ceiling() {
     assert_eq!(r.status(), 200);
 
     // The stalled client times out; its bytes are given back.
-    let reply = read_reply(&mut hog).await;
+    let reply = read_until_closed(&mut hog, Duration::from_secs(10))
+        .await
+        .text();
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     gw.wait_metric("ballast_buffered_request_bytes", &[], 0.0)
         .await;
@@ -141,7 +121,9 @@ async fn endless_heads_and_big_bodies_leave_memory_where_it_was() {
             let mut head = b"GET /v1/models HTTP/1.1\r\nHost: gw\r\nx-pad: ".to_vec();
             head.resize(900 * 1024, b'a');
             let _ = c.write_all(&head).await;
-            read_reply(&mut c).await
+            read_until_closed(&mut c, Duration::from_secs(10))
+                .await
+                .text()
         }));
     }
     let mut peak = 0;

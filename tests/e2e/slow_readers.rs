@@ -5,7 +5,7 @@
 use crate::harness::*;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
 
 /// A backend that answers `/big` with a 256 MiB body as fast as it can be
@@ -19,14 +19,9 @@ async fn big_backend() -> (std::net::SocketAddr, Arc<AtomicU32>) {
         while let Ok((mut conn, _)) = listener.accept().await {
             let cut = cut_seen.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(head) = read_request_head(&mut conn).await else {
+                    return;
+                };
                 if !head.starts_with(b"GET /big ") {
                     let _ = conn
                         .write_all(
@@ -53,15 +48,35 @@ async fn big_backend() -> (std::net::SocketAddr, Arc<AtomicU32>) {
     (addr, cut)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_reader_frees_its_slot_after_client_write() {
-    let (backend, cut) = big_backend().await;
-    let gw = Gateway::start(&format!(
+/// One backend, one slot, a queue to wait in, and a short client_write.
+async fn one_slot_gateway(backend: std::net::SocketAddr) -> Gateway {
+    Gateway::start(&format!(
         "{}[pool.queue]\nmax_wait = \"30s\"\n{}[route.timeouts]\nclient_write = \"1s\"\n",
         pool_toml("p", &[backend.to_string()], "max_conns = 1"),
         route_toml("r", "/", "p", "")
     ))
-    .await;
+    .await
+}
+
+/// The only slot is held by a reader that stopped; the next request waits
+/// for it and gets it once the stalled response is abandoned.
+async fn next_request_gets_the_slot(gw: &Gateway) {
+    let r = gw.client.get(gw.url("/small")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        gw.metric(
+            "ballast_stream_aborts_total",
+            &[("reason", "client_stalled")]
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_frees_its_slot_after_client_write() {
+    let (backend, cut) = big_backend().await;
+    let gw = one_slot_gateway(backend).await;
 
     // A client with a tiny receive window asks for a big answer and never reads.
     let socket = TcpSocket::new_v4().unwrap();
@@ -74,18 +89,7 @@ async fn a_stalled_reader_frees_its_slot_after_client_write() {
     gw.wait_metric("ballast_upstream_outstanding", &[("pool", "p")], 1.0)
         .await;
 
-    // The only slot is taken; the next request waits for it and gets it
-    // once the stalled response is abandoned.
-    let r = gw.client.get(gw.url("/small")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        gw.metric(
-            "ballast_stream_aborts_total",
-            &[("reason", "client_stalled")]
-        )
-        .await,
-        1.0
-    );
+    next_request_gets_the_slot(&gw).await;
     // The backend saw its connection closed mid-answer (it can stop).
     wait_until("backend saw the disconnect", || {
         cut.load(Ordering::SeqCst) == 1
@@ -97,12 +101,7 @@ async fn a_stalled_reader_frees_its_slot_after_client_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_reader_with_a_zero_window_frees_its_slot_too() {
     let (backend, cut) = big_backend().await;
-    let gw = Gateway::start(&format!(
-        "{}[pool.queue]\nmax_wait = \"30s\"\n{}[route.timeouts]\nclient_write = \"1s\"\n",
-        pool_toml("p", &[backend.to_string()], "max_conns = 1"),
-        route_toml("r", "/", "p", "")
-    ))
-    .await;
+    let gw = one_slot_gateway(backend).await;
     let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let (client, conn) = h2::client::Builder::new()
         .initial_window_size(0)
@@ -119,16 +118,7 @@ async fn an_http2_reader_with_a_zero_window_frees_its_slot_too() {
     let response = response.await.unwrap();
     assert_eq!(response.status(), 200);
 
-    let r = gw.client.get(gw.url("/small")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        gw.metric(
-            "ballast_stream_aborts_total",
-            &[("reason", "client_stalled")]
-        )
-        .await,
-        1.0
-    );
+    next_request_gets_the_slot(&gw).await;
     wait_until("backend saw the disconnect", || {
         cut.load(Ordering::SeqCst) == 1
     })
