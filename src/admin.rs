@@ -15,11 +15,30 @@ use std::time::Instant;
 pub struct Admin {
     config: Arc<Config>,
     pools: Vec<Arc<Pool>>,
+    /// The client listeners' certificate expiry (Unix seconds), with TLS.
+    cert_expires: Option<i64>,
 }
 
 impl Admin {
-    pub fn new(config: Arc<Config>, pools: Vec<Arc<Pool>>) -> Self {
-        Admin { config, pools }
+    pub fn new(config: Arc<Config>, pools: Vec<Arc<Pool>>, cert_expires: Option<i64>) -> Self {
+        Admin {
+            config,
+            pools,
+            cert_expires,
+        }
+    }
+
+    /// The client listeners' TLS: certificate file and expiry.
+    fn tls_json(&self) -> serde_json::Value {
+        match (&self.config.server.tls, self.cert_expires) {
+            (Some(files), Some(expires)) => serde_json::json!({
+                "listeners": self.config.server.listen,
+                "cert": files.cert.display().to_string(),
+                "expires_at": crate::tls::pem::rfc3339(expires),
+                "expires_at_unix": expires,
+            }),
+            _ => serde_json::Value::Null,
+        }
     }
 
     /// Routes whose pool has no usable server right now.
@@ -37,6 +56,7 @@ impl Admin {
         serde_json::json!({
             "pools": pools,
             "unready_routes": self.unready_routes(now),
+            "tls": self.tls_json(),
         })
     }
 

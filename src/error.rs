@@ -67,6 +67,15 @@ impl GatewayError {
     }
 
     /// The gateway host ran out of connections (file descriptors, ports).
+    /// Plain HTTP sent to a TLS listener.
+    pub fn tls_required() -> Self {
+        Self::new(
+            400,
+            "tls_required",
+            "this port speaks HTTPS; send the request with https://",
+        )
+    }
+
     pub fn overloaded() -> Self {
         Self::new(
             503,

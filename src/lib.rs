@@ -22,3 +22,4 @@ pub mod retry;
 pub mod route;
 pub mod runtime;
 pub mod sim;
+pub mod tls;

@@ -143,6 +143,21 @@ pub fn client_connections(delta: i64) {
     CLIENT_CONNECTIONS.add(delta);
 }
 
+static TLS_CERT_EXPIRY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "ballast_tls_cert_expiry_timestamp_seconds",
+        "When the certificate served on a TLS listener expires (Unix time)",
+        &["listener"]
+    )
+    .expect("metric ballast_tls_cert_expiry_timestamp_seconds registers")
+});
+
+pub fn tls_cert_expiry(listener: &str, unix_seconds: i64) {
+    TLS_CERT_EXPIRY
+        .with_label_values(&[listener])
+        .set(unix_seconds);
+}
+
 pub fn connection_refused(reason: &str) {
     CONNECTIONS_REFUSED.with_label_values(&[reason]).inc();
 }

@@ -57,29 +57,55 @@ fn build_pools(config: &Config) -> anyhow::Result<Vec<Arc<Pool>>> {
         .pools
         .iter()
         .map(|p| {
-            let authorization = match &p.api_key_env {
-                Some(var) => Some(pool_credential(&p.name, var)?),
+            let credential = match &p.api_key_env {
+                Some(var) => Some(pool_credential(&p.name, var, &p.api_key_header)?),
                 None => None,
             };
             metrics::register_pool(&p.name);
             for s in &p.servers {
                 metrics::register_server(&p.name, &s.addr);
             }
-            Ok(Arc::new(Pool::new(p, authorization)))
+            let tls = crate::tls::UpstreamTls::load(p, std::time::SystemTime::now())
+                .map_err(|e| anyhow::anyhow!("pool '{}': {e}", p.name))?;
+            Ok(Arc::new(Pool::new(p, credential, tls.as_ref())))
         })
         .collect()
 }
 
-/// `Authorization: Bearer <key>` from the environment variable `var`, marked
-/// sensitive. Errors name the pool and the variable, never the value.
-fn pool_credential(pool: &str, var: &str) -> anyhow::Result<HeaderValue> {
+/// The value of the pool's key header from the environment variable `var`
+/// (`Bearer <key>` in `Authorization`, the bare key in any other header),
+/// marked sensitive. Errors name the pool and the variable, never the value.
+fn pool_credential(
+    pool: &str,
+    var: &str,
+    header: &http::HeaderName,
+) -> anyhow::Result<HeaderValue> {
     let key = std::env::var(var)
         .with_context(|| format!("pool '{pool}': api_key_env {var} is not set"))?;
-    let mut value = HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
+    let text = if header == http::header::AUTHORIZATION {
+        format!("Bearer {}", key.trim())
+    } else {
+        key.trim().to_owned()
+    };
+    let mut value = HeaderValue::from_str(&text).map_err(|_| {
         anyhow::anyhow!("pool '{pool}': api_key_env {var} holds characters a header cannot carry")
     })?;
     value.set_sensitive(true);
     Ok(value)
+}
+
+/// The client listeners' certificate (checked by config load; read again
+/// here, so a file changed since is still caught), its expiry exported.
+fn load_listener_tls(config: &Config) -> anyhow::Result<Option<crate::tls::ListenerTls>> {
+    let Some(files) = &config.server.tls else {
+        return Ok(None);
+    };
+    let tls = crate::tls::ListenerTls::load(files, std::time::SystemTime::now())
+        .map_err(|p| anyhow::anyhow!("server.tls: {}", p.message))?;
+    for listener in &config.server.listen {
+        metrics::tls_cert_expiry(listener, tls.expires);
+    }
+    Ok(Some(tls))
 }
 
 struct Prober {
@@ -180,6 +206,8 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     fit_connections_to_descriptors(&mut config);
     let config = Arc::new(config);
     let pools = build_pools(&config)?;
+    let listener_tls = load_listener_tls(&config)?;
+    let cert_expires = listener_tls.as_ref().map(|t| t.expires);
     check_listeners(&config)?;
     exit_if_a_listener_fails();
 
@@ -194,7 +222,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
 
     let mut gateway = Service::new(
         "ballast gateway".to_string(),
-        Connections::new(Gateway::new(config.clone(), pools.clone())),
+        Connections::new(Gateway::new(config.clone(), pools.clone()), listener_tls),
     );
     for addr in &config.server.listen {
         gateway.add_tcp_with_settings(addr, client_socket_options());
@@ -202,7 +230,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
 
     let mut admin = Service::new(
         "ballast admin".to_string(),
-        HttpServer::new_app(Admin::new(config.clone(), pools.clone())),
+        HttpServer::new_app(Admin::new(config.clone(), pools.clone(), cert_expires)),
     );
     admin.threads = Some(1);
     admin.add_tcp(&config.admin.listen);

@@ -3,6 +3,7 @@
 //! every key, so code that holds a `Config` can trust every value in it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,26 @@ pub struct ServerSection {
     pub grace_period: Duration,
     /// Peers whose forwarding headers are believed (and appended to).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// TLS on every client listener; checked (readable, matching, not
+    /// expired) when the config was loaded.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Whether requests to a pool may use HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http2Mode {
+    /// When the server offers it by ALPN (TLS pools); HTTP/1.1 otherwise.
+    Auto,
+    Never,
+    /// Always: by ALPN over TLS, with prior knowledge (h2c) on plain pools.
+    Always,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,9 +92,20 @@ pub struct PoolConfig {
     /// Value of the `Host` header sent upstream; `None` keeps the client's.
     pub host: Option<String>,
     pub tls: bool,
+    /// Name the servers' certificates must carry; `None`: each server's host.
     pub sni: Option<String>,
-    /// Environment variable whose value is sent as `Authorization: Bearer …`.
+    /// Private CA the servers' certificates are verified against; `None`:
+    /// the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key for servers that ask for one (mTLS).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub http2: Http2Mode,
+    /// Environment variable holding the pool's API key.
     pub api_key_env: Option<String>,
+    /// Header the key is sent in (lowercase): `authorization` (the default)
+    /// carries `Bearer <key>`, any other the key itself.
+    pub api_key_header: http::HeaderName,
     pub health: Option<HealthConfig>,
     pub queue: QueueConfig,
     pub servers: Vec<ServerConfig>,
@@ -98,6 +130,9 @@ pub struct QueueConfig {
 pub struct ServerConfig {
     /// `host:port` as written; a hostname is resolved at start-up.
     pub addr: String,
+    /// The host part of `addr` (a name, or an IP address without brackets):
+    /// the default TLS server name.
+    pub host: String,
     pub resolved: SocketAddr,
     pub weight: u32,
     /// Cap on outstanding requests; 0 = none. Already merged with the pool default.

@@ -47,8 +47,7 @@ pub(crate) struct RawServer {
     /// Extension: how long a graceful shutdown waits for requests in flight.
     pub grace_period: Opt<String>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
-    /// Listed (commented out) in the design; accepted so that writing it gives
-    /// a clear "not supported by this build" instead of "unknown key".
+    /// TLS on every client listener.
     pub tls: Option<RawListenerTls>,
 }
 
@@ -96,7 +95,12 @@ pub(crate) struct RawPool {
     pub host: Opt<String>,
     pub tls: Opt<bool>,
     pub sni: Opt<String>,
+    pub ca_file: Opt<String>,
+    pub client_cert: Opt<String>,
+    pub client_key: Opt<String>,
+    pub http2: Opt<String>,
     pub api_key_env: Opt<String>,
+    pub api_key_header: Opt<String>,
     pub health: Option<RawHealth>,
     pub queue: Option<RawQueue>,
     pub servers: Opt<Vec<Spanned<RawUpstream>>>,

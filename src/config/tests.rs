@@ -76,6 +76,7 @@ fn default_timeouts() -> Timeouts {
 fn server(a: &str, weight: u32, max_conns: u32) -> ServerConfig {
     ServerConfig {
         addr: a.to_owned(),
+        host: addr(a).ip().to_string(),
         resolved: addr(a),
         weight,
         max_conns,
@@ -91,6 +92,7 @@ fn example_file_parses_into_expected_model() {
             threads: config.server.threads, // default: cores
             grace_period: secs(5),
             trusted_proxies: vec![],
+            tls: None,
         },
         admin: AdminSection {
             listen: "127.0.0.1:9090".into(),
@@ -117,7 +119,12 @@ fn example_file_parses_into_expected_model() {
             host: None,
             tls: false,
             sni: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            http2: Http2Mode::Auto,
             api_key_env: None,
+            api_key_header: http::header::AUTHORIZATION,
             health: Some(HealthConfig {
                 path: "/health".into(),
                 interval: secs(2),
@@ -186,8 +193,11 @@ max_fails = 0
 fail_timeout = "1m"
 max_conns = 16
 host = "api.example.com"
+tls = true
 sni = "api.example.com"
+http2 = "never"
 api_key_env = "PATH"
+api_key_header = "X-Api-Key"
 
 [pool.queue]
 max_depth = 0
@@ -243,6 +253,7 @@ fn full_example_parses_into_expected_model() {
             threads: 2,
             grace_period: Duration::from_millis(250),
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            tls: None,
         }
     );
     assert_eq!(
@@ -265,8 +276,11 @@ fn full_example_parses_into_expected_model() {
     assert_eq!(deepseek.max_fails, 0);
     assert_eq!(deepseek.fail_timeout, secs(60));
     assert_eq!(deepseek.host.as_deref(), Some("api.example.com"));
+    assert!(deepseek.tls);
     assert_eq!(deepseek.sni.as_deref(), Some("api.example.com"));
+    assert_eq!(deepseek.http2, Http2Mode::Never);
     assert_eq!(deepseek.api_key_env.as_deref(), Some("PATH"));
+    assert_eq!(deepseek.api_key_header, "x-api-key");
     assert_eq!(deepseek.health, None);
     assert_eq!(
         deepseek.queue,
@@ -280,6 +294,7 @@ fn full_example_parses_into_expected_model() {
     let localhost = &deepseek.servers[1];
     assert_eq!(localhost.addr, "localhost:8081");
     assert_eq!(localhost.resolved, addr("127.0.0.1:8081"));
+    assert_eq!(localhost.host, "localhost");
     assert_eq!((localhost.weight, localhost.max_conns), (1, 16));
 
     let local = &c.pools[1];
@@ -342,6 +357,7 @@ fn defaults() {
             threads: cores,
             grace_period: secs(5),
             trusted_proxies: vec![],
+            tls: None,
         }
     );
     assert_eq!(c.admin.listen, "127.0.0.1:9090");
@@ -375,7 +391,12 @@ fn defaults() {
             host: None,
             tls: false,
             sni: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            http2: Http2Mode::Auto,
             api_key_env: None,
+            api_key_header: http::header::AUTHORIZATION,
             health: None,
             queue: QueueConfig {
                 max_depth: 100,

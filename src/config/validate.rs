@@ -16,8 +16,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::locate::LineIndex;
-use super::model::{AdminSection, Config, Limits, LogFormat, LogSection, ServerSection};
-use super::raw::{Opt, RawAdmin, RawConfig, RawLimits, RawLog, RawServer, StrOrInt};
+use super::model::{AdminSection, Config, Limits, LogFormat, LogSection, ServerSection, TlsFiles};
+use super::raw::{
+    Opt, RawAdmin, RawConfig, RawLimits, RawListenerTls, RawLog, RawServer, StrOrInt,
+};
 use super::ConfigProblem;
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -115,14 +117,7 @@ impl Checker<'_> {
             Some(_) => self.int(&raw.threads, "server.threads", 1, 1, 4096) as usize,
         };
         let grace_period = self.duration(&raw.grace_period, "server.grace_period", secs(5), false);
-        if let Some(tls) = &raw.tls {
-            let span = tls.cert.as_ref().or(tls.key.as_ref()).map(Spanned::span);
-            self.report(
-                span,
-                "server.tls",
-                "TLS on client listeners is not supported by this build yet",
-            );
-        }
+        let tls = raw.tls.as_ref().and_then(|t| self.listener_tls(t));
         let mut trusted_proxies = Vec::new();
         for (i, entry) in raw.trusted_proxies.iter().flatten().enumerate() {
             let text = entry.get_ref().trim();
@@ -144,7 +139,45 @@ impl Checker<'_> {
             threads,
             grace_period,
             trusted_proxies,
+            tls,
         }
+    }
+
+    /// `server.tls`: both files given, readable, matching, and the
+    /// certificate valid now.
+    fn listener_tls(&mut self, raw: &RawListenerTls) -> Option<TlsFiles> {
+        let table = span_of(&raw.cert).or(span_of(&raw.key));
+        let file = |c: &mut Self, v: &Opt<String>, key: &str| match v {
+            None => {
+                c.report(
+                    table.clone(),
+                    key,
+                    "missing; write tls = { cert = \"cert.pem\", key = \"key.pem\" }",
+                );
+                None
+            }
+            Some(p) if p.get_ref().trim().is_empty() => {
+                c.report(Some(p.span()), key, "must name a PEM file");
+                None
+            }
+            Some(p) => Some(std::path::PathBuf::from(p.get_ref().trim())),
+        };
+        let cert = file(self, &raw.cert, "server.tls.cert");
+        let key = file(self, &raw.key, "server.tls.key");
+        let files = TlsFiles {
+            cert: cert?,
+            key: key?,
+        };
+        if let Err(p) =
+            crate::tls::listener::server_config(&files, Some(std::time::SystemTime::now()))
+        {
+            let (key, span) = match p.which {
+                crate::tls::Which::Cert => ("server.tls.cert", span_of(&raw.cert)),
+                crate::tls::Which::Key => ("server.tls.key", span_of(&raw.key)),
+            };
+            self.report(span, key, p.message);
+        }
+        Some(files)
     }
 
     fn admin(&mut self, raw: &RawAdmin, server: &ServerSection) -> AdminSection {

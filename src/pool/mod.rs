@@ -16,11 +16,12 @@ pub use select::{pick, Candidate};
 
 use crate::config::{HealthConfig, PoolConfig, ServerConfig};
 use crate::metrics;
+use crate::tls::UpstreamTls;
 use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use serde::Serialize;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,13 @@ pub struct Server {
     peer: HttpPeer,
     outstanding: AtomicU32,
     state: Mutex<ServerState>,
+    /// Held while dialling a server that may speak HTTP/2, so that
+    /// concurrent requests share its one connection instead of each
+    /// opening their own (hosted APIs limit connections per client).
+    dial: tokio::sync::Mutex<()>,
+    /// What its last new connection spoke: 0 not known yet, 1 HTTP/1.x
+    /// (dials need no turns), 2 HTTP/2.
+    spoke: AtomicU8,
 }
 
 struct ServerState {
@@ -63,7 +71,13 @@ impl ServerState {
 }
 
 impl Server {
-    fn new(pool: &PoolConfig, cfg: &ServerConfig, admission: Arc<Admission>) -> Self {
+    fn new(
+        pool: &PoolConfig,
+        cfg: &ServerConfig,
+        admission: Arc<Admission>,
+        tls: Option<&UpstreamTls>,
+    ) -> Self {
+        let sni = pool.sni.as_deref().unwrap_or(&cfg.host);
         let (rise, fall) = pool.health.as_ref().map_or((1, 1), |h| (h.rise, h.fall));
         Server {
             pool: pool.name.clone(),
@@ -72,8 +86,10 @@ impl Server {
             socket: cfg.resolved,
             weight: cfg.weight,
             max_conns: cfg.max_conns,
-            peer: HttpPeer::new(cfg.resolved, false, String::new()),
+            peer: crate::tls::upstream::peer(cfg.resolved, sni, tls, pool.http2),
             outstanding: AtomicU32::new(0),
+            dial: tokio::sync::Mutex::new(()),
+            spoke: AtomicU8::new(0),
             state: Mutex::new(ServerState {
                 ejection: Ejection::new(pool.max_fails, pool.fail_timeout),
                 health: HealthState::new(rise, fall),
@@ -92,6 +108,22 @@ impl Server {
 
     pub fn peer(&self) -> &HttpPeer {
         &self.peer
+    }
+
+    /// A turn to dial, when the server may multiplex requests over HTTP/2
+    /// (`None` when it speaks HTTP/1, or the wait would outlast `within`).
+    pub async fn dial_turn(&self, within: Duration) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        let h2_possible = self.peer.options.alpn.get_max_http_version() == 2;
+        if !h2_possible || self.spoke.load(Ordering::Relaxed) == 1 {
+            return None;
+        }
+        tokio::time::timeout(within, self.dial.lock()).await.ok()
+    }
+
+    /// What a new connection to the server turned out to speak.
+    pub fn note_protocol(&self, http2: bool) {
+        self.spoke
+            .store(if http2 { 2 } else { 1 }, Ordering::Relaxed);
     }
 
     pub fn outstanding(&self) -> u32 {
@@ -263,6 +295,8 @@ pub struct ServerStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolStatus {
     pub name: String,
+    /// The servers are reached over TLS.
+    pub tls: bool,
     /// Requests waiting for a server under its `max_conns`.
     pub queue_depth: usize,
     pub servers: Vec<ServerStatus>,
@@ -279,6 +313,8 @@ pub struct Pool {
     pub upstream_headers: PoolHeaders,
     pub health: Option<HealthConfig>,
     pub servers: Vec<Arc<Server>>,
+    /// The servers are reached over TLS.
+    pub tls: bool,
 }
 
 /// The headers a pool sets on every request it is sent.
@@ -286,8 +322,9 @@ pub struct Pool {
 pub struct PoolHeaders {
     /// `Host`; `None` keeps the client's.
     pub host: Option<HeaderValue>,
-    /// `Authorization` injected for this pool; `None` injects nothing.
-    pub authorization: Option<HeaderValue>,
+    /// The pool's key, in its header (`Authorization: Bearer …` unless
+    /// `api_key_header` says otherwise); `None` injects nothing.
+    pub credential: Option<(http::HeaderName, HeaderValue)>,
 }
 
 /// Why no server could be leased.
@@ -300,9 +337,14 @@ pub struct NoServer {
 }
 
 impl Pool {
-    /// `authorization` is the pool's credential, already marked sensitive
-    /// so that no `Debug` of a header map shows it.
-    pub fn new(cfg: &PoolConfig, authorization: Option<HeaderValue>) -> Self {
+    /// `credential` is the pool's key in its header, already marked
+    /// sensitive so that no `Debug` of a header map shows it.
+    /// `tls` is the pool's loaded TLS material (`None` for a plain pool).
+    pub fn new(
+        cfg: &PoolConfig,
+        credential: Option<HeaderValue>,
+        tls: Option<&UpstreamTls>,
+    ) -> Self {
         let admission = Arc::new(Admission::new(&cfg.name, &cfg.queue, Instant::now()));
         Pool {
             name: cfg.name.clone(),
@@ -314,13 +356,14 @@ impl Pool {
                     .host
                     .as_deref()
                     .and_then(|h| HeaderValue::from_str(h).ok()),
-                authorization,
+                credential: credential.map(|v| (cfg.api_key_header.clone(), v)),
             },
             health: cfg.health.clone(),
+            tls: tls.is_some(),
             servers: cfg
                 .servers
                 .iter()
-                .map(|s| Arc::new(Server::new(cfg, s, admission.clone())))
+                .map(|s| Arc::new(Server::new(cfg, s, admission.clone(), tls)))
                 .collect(),
         }
     }
@@ -453,6 +496,7 @@ impl Pool {
     pub fn snapshot(&self, now: Instant) -> PoolStatus {
         PoolStatus {
             name: self.name.clone(),
+            tls: self.tls,
             queue_depth: self.admission.depth(),
             servers: self.servers.iter().map(|s| s.snapshot(now)).collect(),
         }

@@ -1,23 +1,34 @@
 //! Active health checks: `GET <path>` on every server of a pool every
 //! `interval`, each check bounded by `timeout`, all servers concurrently and
-//! never on the request path. A 2xx passes; anything else fails.
+//! never on the request path. A 2xx passes; anything else fails. Checks go
+//! through Pingora's connector with the server's own peer, so a TLS pool
+//! is checked over verified TLS.
 
 use super::{Pool, Server, Transition};
 use crate::config::HealthConfig;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use crate::redact::Redacted;
+use pingora_core::connectors::http::Connector;
+use pingora_http::RequestHeader;
 
 /// Run checks for every server of `pool` until the task is dropped.
 pub async fn run(pool: Arc<Pool>) {
     let Some(cfg) = pool.health.clone() else {
         return;
     };
+    let connector = Arc::new(Connector::new(None));
     let tasks: Vec<_> = pool
         .servers
         .iter()
-        .map(|s| tokio::spawn(check_loop(s.clone(), cfg.clone(), pool.host.clone())))
+        .map(|s| {
+            tokio::spawn(check_loop(
+                connector.clone(),
+                s.clone(),
+                cfg.clone(),
+                pool.host.clone(),
+            ))
+        })
         .collect();
     for t in tasks {
         // A check loop only ends by cancellation.
@@ -25,24 +36,32 @@ pub async fn run(pool: Arc<Pool>) {
     }
 }
 
-async fn check_loop(server: Arc<Server>, cfg: HealthConfig, host: Option<String>) {
+async fn check_loop(
+    connector: Arc<Connector>,
+    server: Arc<Server>,
+    cfg: HealthConfig,
+    host: Option<String>,
+) {
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let host = host.unwrap_or_else(|| server.addr.clone());
     loop {
         ticker.tick().await;
-        let passed = match tokio::time::timeout(cfg.timeout, check(&server, &cfg.path, &host)).await
-        {
-            Ok(Ok(status)) => (200..300).contains(&status),
+        let checked = check(&connector, &server, &cfg.path, &host);
+        let (passed, why) = match tokio::time::timeout(cfg.timeout, checked).await {
+            Ok(Ok(status)) => ((200..300).contains(&status), format!("status {status}")),
             Ok(Err(e)) => {
-                tracing::debug!(server = %server.addr, error = %e, "health check failed");
-                false
+                tracing::debug!(server = %server.addr, error = %Redacted(&e), "health check failed");
+                let why = crate::tls::failure_reason(&e)
+                    .map(|r| format!("TLS: {r}"))
+                    .unwrap_or_else(|| Redacted(&e).to_string());
+                (false, why)
             }
-            Err(_) => false,
+            Err(_) => (false, format!("no answer within {:?}", cfg.timeout)),
         };
         match server.record_health(passed) {
             Transition::WentDown => {
-                tracing::warn!(pool = %server.pool, server = %server.addr, "health checks failing: server down")
+                tracing::warn!(pool = %server.pool, server = %server.addr, last = %why, "health checks failing: server down")
             }
             Transition::CameUp => {
                 tracing::info!(pool = %server.pool, server = %server.addr, "health checks passing: server up")
@@ -52,47 +71,33 @@ async fn check_loop(server: Arc<Server>, cfg: HealthConfig, host: Option<String>
     }
 }
 
-/// One check on a fresh connection; returns the response status.
-async fn check(server: &Server, path: &str, host: &str) -> std::io::Result<u16> {
-    let mut conn = TcpStream::connect(server.socket).await?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ballast-health-check\r\nConnection: close\r\n\r\n"
-    );
-    conn.write_all(req.as_bytes()).await?;
-    let mut buf = [0u8; 64];
-    let mut len = 0;
-    // The status line's first 12 bytes ("HTTP/1.1 200") are all we need.
-    while len < 12 {
-        let n = conn.read(&mut buf[len..]).await?;
-        if n == 0 {
-            break;
+/// One check, through the same connector (TLS, ALPN, HTTP/2) as requests;
+/// returns the response status.
+async fn check(
+    connector: &Connector,
+    server: &Server,
+    path: &str,
+    host: &str,
+) -> pingora_error::Result<u16> {
+    let (mut session, _) = connector.get_http_session(server.peer()).await?;
+    let mut req = RequestHeader::build("GET", path.as_bytes(), None)?;
+    req.insert_header(http::header::HOST, host)?;
+    req.insert_header(http::header::USER_AGENT, "ballast-health-check")?;
+    session.write_request_header(Box::new(req)).await?;
+    session.finish_request_body().await?;
+    loop {
+        session.read_response_header().await?;
+        match session.response_header().map(|h| h.status.as_u16()) {
+            Some(100..=199) => continue,
+            Some(status) => return Ok(status),
+            None => {
+                return pingora_error::Error::e_explain(
+                    pingora_error::ErrorType::InvalidHTTPHeader,
+                    "no response head",
+                )
+            }
         }
-        len += n;
     }
-    parse_status(&buf[..len])
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status line"))
-}
-
-fn parse_status(head: &[u8]) -> Option<u16> {
-    let line = std::str::from_utf8(head).ok()?;
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next()?;
-    if !version.starts_with("HTTP/1.") {
-        return None;
-    }
-    parts.next()?.get(..3)?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_status;
-
-    #[test]
-    fn parses_status_lines() {
-        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(parse_status(b"HTTP/1.0 503 Service"), Some(503));
-        assert_eq!(parse_status(b"SSH-2.0-OpenSSH"), None);
-        assert_eq!(parse_status(b"HTTP/1.1 2"), None);
-        assert_eq!(parse_status(b""), None);
-    }
+    // The session is dropped, not pooled: an HTTP/1 connection closes, an
+    // HTTP/2 one stays for the next check and the requests.
 }

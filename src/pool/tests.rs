@@ -11,7 +11,12 @@ fn pool(servers: &[(u16, u32)], max_fails: u32) -> Pool {
         host: None,
         tls: false,
         sni: None,
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        http2: crate::config::Http2Mode::Auto,
         api_key_env: None,
+        api_key_header: http::header::AUTHORIZATION,
         health: None,
         queue: QueueConfig {
             max_depth: 100,
@@ -21,13 +26,14 @@ fn pool(servers: &[(u16, u32)], max_fails: u32) -> Pool {
             .iter()
             .map(|&(port, weight)| ServerConfig {
                 addr: format!("127.0.0.1:{port}"),
+                host: "127.0.0.1".into(),
                 resolved: ([127, 0, 0, 1], port).into(),
                 weight,
                 max_conns: 0,
             })
             .collect(),
     };
-    Pool::new(&cfg, None)
+    Pool::new(&cfg, None, None)
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! here, so whatever goes wrong the attempt loop can still try elsewhere.
 
 use crate::outcome::Outcome;
+use crate::pool::Server;
 use crate::redact::Redacted;
 use bytes::Bytes;
 use pingora_core::connectors::http::Connector;
@@ -59,6 +60,11 @@ pub fn classify(e: &Error) -> Outcome {
         tracing::warn!(error = %Redacted(&e), "the gateway is out of local resources (file descriptors or ports)");
         return Outcome::Local;
     }
+    if crate::tls::failure_reason(e).is_some() {
+        // Includes a TLS 1.3 server refusing the client's certificate,
+        // which only shows on the first read: the session never began.
+        return Outcome::ConnectError;
+    }
     match e.etype() {
         ErrorType::ConnectTimedout
         | ErrorType::ConnectRefused
@@ -75,20 +81,48 @@ pub fn classify(e: &Error) -> Outcome {
     }
 }
 
+/// Classify a failure to connect; a TLS one is logged with its reason
+/// (unknown issuer, name mismatch, expired…): never silently downgraded.
+fn connect_failed(peer: &HttpPeer, e: &Error) -> Outcome {
+    if let Some(reason) = crate::tls::failure_reason(e) {
+        tracing::warn!(
+            server = %peer._address,
+            sni = %peer.sni,
+            reason,
+            error = %Redacted(e),
+            "TLS handshake with the server failed"
+        );
+    }
+    classify(e)
+}
+
 pub async fn run(
     connector: &Connector,
-    peer: &HttpPeer,
+    server: &Server,
     req: &RequestHeader,
     body: &Bytes,
     limits: &Limits,
 ) -> Result<Answer, Outcome> {
-    let mut peer = peer.clone();
+    let mut peer = server.peer().clone();
     peer.options.connection_timeout = Some(limits.connect);
+    let upgrade = req.headers.contains_key(http::header::UPGRADE);
+    if upgrade {
+        // Upgrades (WebSocket) exist only in HTTP/1.1.
+        peer.options.alpn = pingora_core::protocols::ALPN::H1;
+    }
+    let turn = match upgrade {
+        true => None,
+        false => server.dial_turn(limits.connect).await,
+    };
     let (session, reused) = connector
         .get_http_session(&peer)
         .await
-        .map_err(|e| classify(&e))?;
-    match exchange(session, req, body, limits).await {
+        .map_err(|e| connect_failed(&peer, &e))?;
+    if !reused && !upgrade {
+        server.note_protocol(matches!(session, HttpSession::H2(_)));
+    }
+    drop(turn);
+    match exchange(session, req, body, limits, &peer).await {
         Ok(answer) => Ok(answer),
         // A pooled connection the backend closed while idle says nothing
         // about the backend: dial again once. Only when the request cannot
@@ -102,8 +136,8 @@ pub async fn run(
             let (session, _) = connector
                 .get_http_session(&peer)
                 .await
-                .map_err(|e| classify(&e))?;
-            exchange(session, req, body, limits)
+                .map_err(|e| connect_failed(&peer, &e))?;
+            exchange(session, req, body, limits, &peer)
                 .await
                 .map_err(|(outcome, _)| outcome)
         }
@@ -138,7 +172,9 @@ async fn exchange(
     req: &RequestHeader,
     body: &Bytes,
     limits: &Limits,
+    peer: &HttpPeer,
 ) -> Result<Answer, (Outcome, Phase)> {
+    let classify = |e: &Error| connect_failed(peer, e);
     let work = async {
         session
             .write_request_header(Box::new(req.clone()))

@@ -194,7 +194,7 @@ impl Gateway {
                 first_byte: route.timeouts.first_byte.min(remaining),
             };
             let sent_at = Instant::now();
-            let attempt = attempt::run(&self.connector, server.peer(), head, body, &limits);
+            let attempt = attempt::run(&self.connector, &server, head, body, &limits);
             // A client that leaves cancels the attempt: its connection is
             // closed (the backend can stop) and the lease released.
             let Some(result) = unless_client_leaves(session, attempt).await else {

@@ -5,17 +5,21 @@
 //! may idle for `keepalive_idle`, then has `header_timeout` for the next
 //! head; an HTTP/2 connection with nothing in flight is closed after
 //! `keepalive_idle`. Heads are read and checked by `head` before Pingora
-//! parses them, so a malformed one is answered with its status.
+//! parses them, so a malformed one is answered with its status. On TLS
+//! listeners the handshake comes first (within `header_timeout` too), and
+//! a plain HTTP request is answered `400 tls_required`.
 
 use super::head::{self, Head, HeadLimits};
+use super::rewound::{Rewound, Transport};
 use super::{respond, Gateway};
 use crate::error::GatewayError;
 use crate::metrics;
+use crate::tls::ListenerTls;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpPersistentSettings, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as TcpStream;
-use pingora_core::protocols::Stream;
+use pingora_core::protocols::{Peek, Stream};
 use pingora_core::server::ShutdownWatch;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -32,17 +36,23 @@ const OVERLOADED_LINGER: Duration = Duration::from_millis(200);
 const REFUSED_LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 /// The gateway's listening side: Pingora hands every accepted connection here.
 pub struct Connections {
     gateway: Arc<Gateway>,
     open: AtomicU32,
+    /// Set: every listener speaks TLS (HTTP/1.1 or HTTP/2 by ALPN).
+    tls: Option<ListenerTls>,
 }
 
 impl Connections {
-    pub fn new(gateway: Gateway) -> Self {
+    pub fn new(gateway: Gateway, tls: Option<ListenerTls>) -> Self {
         Connections {
             gateway: Arc::new(gateway),
             open: AtomicU32::new(0),
+            tls,
         }
     }
 
@@ -64,40 +74,88 @@ impl Connections {
     }
 
     async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) {
-        let limits = &self.gateway.config.limits;
-        let Some(mut tcp) = as_tcp(stream) else {
-            // Not a plain TCP stream (nothing else is listened on yet).
+        let accepted = Instant::now();
+        let Some(mut tcp) = TcpStream::from_stream(stream) else {
+            // Not a plain TCP stream (nothing else is listened on).
             tracing::warn!("connection of an unexpected kind closed");
             return;
         };
-        let h2c = self.gateway.server_options.h2c;
+        let limits = &self.gateway.config.limits;
+        let Some(tls) = &self.tls else {
+            let h2c = self.gateway.server_options.h2c;
+            return self.serve_http(tcp, accepted, h2c, shutdown).await;
+        };
+        // The handshake counts against header_timeout, like the head after it.
+        let deadline = accepted + limits.header_timeout;
+        let mut first = [0u8; 1];
+        match tokio::time::timeout_at(deadline, tcp.try_peek(&mut first)).await {
+            Ok(Ok(true)) if first[0] == TLS_HANDSHAKE_RECORD => {}
+            Ok(Ok(true)) if first[0].is_ascii_alphabetic() => {
+                metrics::connection_refused("plain_http_on_tls");
+                refuse(tcp, &GatewayError::tls_required(), Instant::now()).await;
+                return;
+            }
+            _ => return,
+        }
+        let handshake = tls.acceptor.tls_handshake(*tcp);
+        let stream = match tokio::time::timeout_at(deadline, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %crate::redact::Redacted(&e), "client TLS handshake failed");
+                metrics::connection_refused("tls_handshake");
+                return;
+            }
+            Err(_) => {
+                metrics::connection_refused("tls_handshake");
+                return;
+            }
+        };
+        let h2 = matches!(
+            pingora_core::protocols::Ssl::selected_alpn_proto(&stream),
+            Some(pingora_core::protocols::ALPN::H2)
+        );
+        let stream = Box::new(Rewound::new(stream));
+        self.serve_http(stream, accepted, h2, shutdown).await
+    }
+
+    /// HTTP on an established transport: heads checked here, then handed
+    /// to Pingora; `h2` looks for the HTTP/2 preface first (h2c on plain
+    /// listeners, ALPN `h2` on TLS ones).
+    async fn serve_http<T: Transport>(
+        &self,
+        mut io: Box<T>,
+        accepted: Instant,
+        h2: bool,
+        shutdown: &ShutdownWatch,
+    ) {
+        let limits = &self.gateway.config.limits;
         let mut head_limits = HeadLimits {
-            first_byte_by: Instant::now() + limits.header_timeout,
+            first_byte_by: accepted + limits.header_timeout,
             header_timeout: limits.header_timeout,
             fresh: true,
             max_bytes: limits.max_header_bytes as usize + REQUEST_LINE_SLACK,
-            h2c,
+            h2c: h2,
         };
         let mut persistent: Option<HttpPersistentSettings> = None;
         loop {
             let started = Instant::now();
-            match head::read(&mut *tcp, &head_limits).await {
+            match head::read(&mut *io, &head_limits).await {
                 Head::Idle => return,
                 Head::Refuse(err) => {
-                    refuse(tcp, &err, started).await;
+                    refuse(io, &err, started).await;
                     return;
                 }
                 Head::Http2(read) => {
-                    tcp.rewind(&read);
+                    io.unread(&read);
                     // Pingora's own HTTP/2 service: handshake, streams, and
                     // `h2_idle_timeout`; every stream comes back to
                     // `Gateway::process_new_http`.
-                    ServerApp::process_new(&self.gateway, tcp, shutdown).await;
+                    ServerApp::process_new(&self.gateway, io, shutdown).await;
                     return;
                 }
                 Head::Http1(read) => {
-                    tcp.rewind(&read);
-                    let mut session = ServerSession::new_http1(tcp);
+                    io.unread(&read);
+                    let mut session = ServerSession::new_http1(io);
                     match persistent.take() {
                         Some(settings) => settings.apply_to_session(&mut session),
                         None => session.set_keepalive(Some(limits.keepalive_idle.as_secs())),
@@ -109,8 +167,10 @@ impl Connections {
                     let Some(reused) = reused else { return };
                     let (stream, settings) = reused.consume();
                     persistent = settings;
-                    let Some(next) = as_tcp(stream) else { return };
-                    tcp = next;
+                    let Some(next) = T::from_stream(stream) else {
+                        return;
+                    };
+                    io = next;
                     head_limits.fresh = false;
                     head_limits.h2c = false;
                     head_limits.first_byte_by = Instant::now() + limits.keepalive_idle;
@@ -152,21 +212,12 @@ impl Drop for OpenConnection<'_> {
     }
 }
 
-/// The plain TCP stream behind Pingora's boxed one (whose read-back buffer
-/// lets the head be handed on after it was checked).
-fn as_tcp(stream: Stream) -> Option<Box<TcpStream>> {
-    if !stream.as_any().is::<TcpStream>() {
-        return None;
-    }
-    stream.into_any().downcast::<TcpStream>().ok()
-}
-
 /// Answer a head that cannot be served, count it, and close.
-async fn refuse(mut tcp: Box<TcpStream>, err: &GatewayError, started: Instant) {
+async fn refuse<T: Transport>(mut io: Box<T>, err: &GatewayError, started: Instant) {
     tracing::debug!(status = err.status, code = err.code, "request head refused");
     metrics::request_done("none", err.status, started.elapsed().as_secs_f64());
-    if respond::raw_error(&mut *tcp, err).await.is_ok() {
-        linger(&mut *tcp, REFUSED_LINGER).await;
+    if respond::raw_error(&mut *io, err).await.is_ok() {
+        linger(&mut *io, REFUSED_LINGER).await;
     }
 }
 

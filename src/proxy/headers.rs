@@ -169,11 +169,12 @@ pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding) -> Result<Requ
 }
 
 /// The head sent to one pool: its own `Host` and credential, never another
-/// pool's. A pool that injects a key replaces the client's `Authorization`;
-/// one that injects none passes the client's through. Borrows `base` when
-/// the pool changes nothing.
+/// pool's. A pool that injects a key replaces the client's `Authorization`
+/// (and the client's value of the header the key goes in); one that
+/// injects none passes the client's through. Borrows `base` when the pool
+/// changes nothing.
 pub fn for_pool<'h>(base: &'h RequestHeader, pool: &PoolHeaders) -> Cow<'h, RequestHeader> {
-    if pool.host.is_none() && pool.authorization.is_none() {
+    if pool.host.is_none() && pool.credential.is_none() {
         return Cow::Borrowed(base);
     }
     let mut head = base.clone();
@@ -181,10 +182,23 @@ pub fn for_pool<'h>(base: &'h RequestHeader, pool: &PoolHeaders) -> Cow<'h, Requ
         // Inserting a valid value under a standard name cannot fail.
         let _ = head.insert_header(header::HOST, host.clone());
     }
-    if let Some(auth) = &pool.authorization {
-        let _ = head.insert_header(header::AUTHORIZATION, auth.clone());
+    if let Some((name, value)) = &pool.credential {
+        head.remove_header(&header::AUTHORIZATION);
+        let _ = head.insert_header(name.clone(), value.clone());
     }
     Cow::Owned(head)
+}
+
+/// Headers the gateway sets, strips or frames by itself: a pool's key
+/// cannot be sent in one of these.
+pub fn gateway_owned(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    HOP_BY_HOP.contains(&name)
+        || FORWARDING.contains(&name)
+        || matches!(
+            name,
+            "host" | "content-length" | "content-encoding" | "content-type" | "expect" | "cookie"
+        )
 }
 
 /// Headers that carry a client's or a pool's secret.
@@ -303,7 +317,7 @@ mod tests {
         key.set_sensitive(true);
         let hosted = PoolHeaders {
             host: Some(HeaderValue::from_static("api.deepseek.com")),
-            authorization: Some(key),
+            credential: Some((header::AUTHORIZATION, key)),
         };
         let a = for_pool(&base, &hosted);
         assert_eq!(a.headers["host"], "api.deepseek.com");
@@ -316,6 +330,30 @@ mod tests {
         assert_eq!(local.headers["host"], "gw.example");
         assert_eq!(local.headers["authorization"], "Bearer client-own");
         assert!(!format!("{:?}", local.headers).contains("client-own"));
+    }
+
+    #[test]
+    fn a_key_in_its_own_header_replaces_the_clients_credentials() {
+        let mut client = client_req();
+        client
+            .insert_header("authorization", "Bearer client-own")
+            .unwrap();
+        client.insert_header("x-api-key", "client-key").unwrap();
+        let base = upstream_request(&client, &fwd()).unwrap();
+        let mut key = HeaderValue::from_static("pool-key");
+        key.set_sensitive(true);
+        let pool = PoolHeaders {
+            host: None,
+            credential: Some((HeaderName::from_static("x-api-key"), key)),
+        };
+        let up = for_pool(&base, &pool);
+        assert_eq!(up.headers["x-api-key"], "pool-key");
+        assert_eq!(up.headers.get_all("x-api-key").iter().count(), 1);
+        assert!(up.headers.get("authorization").is_none());
+        assert!(gateway_owned(&HeaderName::from_static("host")));
+        assert!(gateway_owned(&HeaderName::from_static("x-forwarded-for")));
+        assert!(!gateway_owned(&HeaderName::from_static("x-api-key")));
+        assert!(!gateway_owned(&header::AUTHORIZATION));
     }
 
     #[test]

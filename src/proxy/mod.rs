@@ -14,6 +14,7 @@ mod head;
 mod headers;
 mod request;
 mod respond;
+mod rewound;
 mod upgrade;
 
 use crate::config::{Config, Priority};
@@ -36,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use connection::Connections;
+pub use headers::gateway_owned as gateway_owned_header;
 
 pub struct Gateway {
     config: Arc<Config>,
@@ -167,7 +169,11 @@ impl Gateway {
         });
         let fwd = headers::Forwarding {
             client_ip,
-            proto: "http",
+            proto: if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+                "https"
+            } else {
+                "http"
+            },
             trusted,
             body_len: body.len(),
             upgrade: upgrade.clone(),

@@ -41,6 +41,15 @@ pub struct SimArgs {
     /// /health behaviour: ok | fail | hang.
     #[arg(long, value_name = "MODE", default_value = "ok")]
     pub health: HealthMode,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Speak HTTP/2 too: offered by ALPN with TLS, h2c with prior knowledge without.
+    #[arg(long)]
+    pub http2: bool,
 }
 
 impl SimArgs {
@@ -66,6 +75,15 @@ impl SimArgs {
                 times: self.fault_times,
             },
             health: self.health,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::config::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
+            client_ca: None,
+            http2: self.http2,
         }
     }
 }

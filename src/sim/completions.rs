@@ -37,18 +37,18 @@ fn prompt_tokens(body: &Value) -> u64 {
         .max(1)
 }
 
-pub(crate) async fn completion(
-    shared: &Arc<Shared>,
-    conn: &mut Conn,
-    req: &Request,
-    chat: bool,
-    cut: Option<Cut>,
-    omit_done: bool,
-) -> Flow {
-    let body: Value = match serde_json::from_slice(&req.body) {
+/// What a completion request is answered with, whatever the protocol.
+pub(crate) enum Answer {
+    Reply(Reply),
+    Stream(EventStream),
+}
+
+/// Plan the answer to a completion request with this JSON `body`.
+pub(crate) fn answer(shared: &Shared, body: &[u8], chat: bool, omit_done: bool) -> Answer {
+    let body: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return bad(shared, conn, req, "request body must be a JSON object").await,
-        Err(e) => return bad(shared, conn, req, &format!("invalid JSON body: {e}")).await,
+        Ok(_) => return Answer::Reply(Reply::error(400, "request body must be a JSON object")),
+        Err(e) => return Answer::Reply(Reply::error(400, &format!("invalid JSON body: {e}"))),
     };
     let limit = ["max_tokens", "max_completion_tokens"]
         .iter()
@@ -71,15 +71,14 @@ pub(crate) async fn completion(
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
             == Some(true);
-        let stream = Stream {
+        return Answer::Stream(EventStream {
             chat,
             n,
             finish,
             base,
             usage: include_usage.then_some(usage),
             omit_done,
-        };
-        return stream.run(shared, conn, req.keep_alive, cut).await;
+        });
     }
     let text: String = (0..n).map(|i| format!("tok{i} ")).collect();
     let choice = match chat {
@@ -91,24 +90,30 @@ pub(crate) async fn completion(
     let mut v = base;
     v["choices"] = json!([choice]);
     v["usage"] = usage;
-    send(
-        shared,
-        conn,
-        Reply::json(200, &v),
-        req.keep_alive,
-        false,
-        cut,
-    )
-    .await
+    Answer::Reply(Reply::json(200, &v))
 }
 
-async fn bad(shared: &Shared, conn: &mut Conn, req: &Request, msg: &str) -> Flow {
-    let reply = Reply::error(400, msg);
-    send(shared, conn, reply, req.keep_alive, false, None).await
+/// `/v1/chat/completions` or `/v1/completions` over HTTP/1.1.
+pub(crate) async fn completion(
+    shared: &Arc<Shared>,
+    conn: &mut Conn,
+    req: &Request,
+    chat: bool,
+    cut: Option<Cut>,
+    omit_done: bool,
+) -> Flow {
+    match answer(shared, &req.body, chat, omit_done) {
+        Answer::Reply(reply) => {
+            // A request the server refuses is answered whole, fault or not.
+            let cut = if reply.code == 200 { cut } else { None };
+            send(shared, conn, reply, req.keep_alive, false, cut).await
+        }
+        Answer::Stream(stream) => stream.run(shared, conn, req.keep_alive, cut).await,
+    }
 }
 
 /// One SSE completion stream.
-struct Stream {
+pub(crate) struct EventStream {
     chat: bool,
     n: u32,
     finish: &'static str,
@@ -117,8 +122,14 @@ struct Stream {
     omit_done: bool,
 }
 
-impl Stream {
-    fn event(&self, i: u32) -> Vec<u8> {
+impl EventStream {
+    /// Events in the stream before its tail.
+    pub fn len(&self) -> u32 {
+        self.n
+    }
+
+    /// The `i`-th event, as SSE text.
+    pub fn event(&self, i: u32) -> Vec<u8> {
         let text = format!("tok{i} ");
         let finish = if i + 1 == self.n {
             json!(self.finish)
@@ -139,7 +150,28 @@ impl Stream {
             v["object"] = json!("chat.completion.chunk");
         }
         v["choices"] = json!([choice]);
-        http::chunk(format!("data: {v}\n\n").as_bytes())
+        format!("data: {v}\n\n").into_bytes()
+    }
+
+    /// What follows the last token: the usage event if asked for, then
+    /// `data: [DONE]` (unless the fault leaves it out).
+    pub fn tail(&self) -> Vec<Vec<u8>> {
+        let mut tail = Vec::new();
+        if let Some(usage) = &self.usage {
+            let mut v = self.base.clone();
+            v["object"] = json!(if self.chat {
+                "chat.completion.chunk"
+            } else {
+                "text_completion"
+            });
+            v["choices"] = json!([]);
+            v["usage"] = usage.clone();
+            tail.push(format!("data: {v}\n\n").into_bytes());
+        }
+        if !self.omit_done {
+            tail.push(b"data: [DONE]\n\n".to_vec());
+        }
+        tail
     }
 
     async fn run(
@@ -170,26 +202,12 @@ impl Stream {
                 break;
             }
             let gone = conn.wait_or_disconnect(Some(shared.token_interval)).await;
-            if gone || conn.write(&self.event(i)).await.is_err() {
+            if gone || conn.write(&http::chunk(&self.event(i))).await.is_err() {
                 shared.count_disconnect();
                 return Flow::Close;
             }
         }
-        let mut tail = Vec::new();
-        if let Some(usage) = &self.usage {
-            let mut v = self.base.clone();
-            v["object"] = json!(if self.chat {
-                "chat.completion.chunk"
-            } else {
-                "text_completion"
-            });
-            v["choices"] = json!([]);
-            v["usage"] = usage.clone();
-            tail.extend(http::chunk(format!("data: {v}\n\n").as_bytes()));
-        }
-        if !self.omit_done {
-            tail.extend(http::chunk(b"data: [DONE]\n\n"));
-        }
+        let mut tail: Vec<u8> = self.tail().iter().flat_map(|e| http::chunk(e)).collect();
         tail.extend_from_slice(http::LAST_CHUNK);
         if conn.write(&tail).await.is_err() {
             shared.count_disconnect();

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use super::completions;
 use super::http::{self, Conn, Framing, Incoming, Request};
 use super::ws;
-use super::{Fault, FaultKind, HealthMode, RequestRecord, Shared};
+use super::{Fault, FaultKind, HealthMode, InFlight, RequestRecord, Shared};
 
 /// What to do with the connection after a response.
 pub(crate) enum Flow {
@@ -57,7 +57,7 @@ impl Reply {
     }
 }
 
-pub(crate) async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
+pub(crate) async fn serve_connection(shared: Arc<Shared>, stream: super::io::SimIo) {
     let mut conn = Conn::new(stream);
     loop {
         let req = match conn.read_request().await {
@@ -91,18 +91,48 @@ async fn handle(shared: &Arc<Shared>, conn: &mut Conn, req: &Request) -> Flow {
         return send(shared, conn, reply, req.keep_alive, is_head(req), None).await;
     }
     if req.path == "/health" {
-        shared.count_health_check();
-        let reply = match shared.health() {
-            HealthMode::Ok => Reply::json(200, &json!({"status": "ok"})),
-            HealthMode::Fail => Reply::json(503, &json!({"status": "fail"})),
-            HealthMode::Hang => {
-                conn.wait_or_disconnect(None).await;
-                return Flow::Close;
-            }
+        let Some(reply) = health(shared) else {
+            conn.wait_or_disconnect(None).await;
+            return Flow::Close;
         };
         return send(shared, conn, reply, req.keep_alive, is_head(req), None).await;
     }
     traffic(shared, conn, req).await
+}
+
+/// `/health` as the health mode says; `None`: hang.
+pub(crate) fn health(shared: &Shared) -> Option<Reply> {
+    shared.count_health_check();
+    match shared.health() {
+        HealthMode::Ok => Some(Reply::json(200, &json!({"status": "ok"}))),
+        HealthMode::Fail => Some(Reply::json(503, &json!({"status": "fail"}))),
+        HealthMode::Hang => None,
+    }
+}
+
+/// Count and log a traffic request (the guard keeps it in flight) and
+/// return its body's SHA-256.
+pub(crate) fn begin(shared: &Arc<Shared>, req: &Request, version: &str) -> (InFlight, String) {
+    let body_sha256 = sha256_hex(&req.body);
+    let guard = shared.begin_request(RequestRecord {
+        at_ms: shared.elapsed_ms(),
+        method: req.method.clone(),
+        path: req.target.clone(),
+        headers: req.headers.clone(),
+        body_len: req.body.len() as u64,
+        body_sha256: body_sha256.clone(),
+        version: version.into(),
+    });
+    (guard, body_sha256)
+}
+
+pub(crate) fn models(shared: &Shared) -> Reply {
+    Reply::json(
+        200,
+        &json!({"object": "list", "data": [{
+            "id": shared.model, "object": "model", "created": 0, "owned_by": shared.name,
+        }]}),
+    )
 }
 
 fn is_head(req: &Request) -> bool {
@@ -117,15 +147,7 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 async fn traffic(shared: &Arc<Shared>, conn: &mut Conn, req: &Request) -> Flow {
-    let body_sha256 = sha256_hex(&req.body);
-    let _in_flight = shared.begin_request(RequestRecord {
-        at_ms: shared.elapsed_ms(),
-        method: req.method.clone(),
-        path: req.target.clone(),
-        headers: req.headers.clone(),
-        body_len: req.body.len() as u64,
-        body_sha256: body_sha256.clone(),
-    });
+    let (_in_flight, body_sha256) = begin(shared, req, "HTTP/1.1");
     let fault = shared.take_fault();
     if let Some(latency) = fault.latency {
         if conn.wait_or_disconnect(Some(latency)).await {
@@ -162,18 +184,13 @@ async fn traffic(shared: &Arc<Shared>, conn: &mut Conn, req: &Request) -> Flow {
         ("POST", "/v1/completions") => {
             return completions::completion(shared, conn, req, false, cut, omit_done).await
         }
-        ("GET" | "HEAD", "/v1/models") => Reply::json(
-            200,
-            &json!({"object": "list", "data": [{
-                "id": shared.model, "object": "model", "created": 0, "owned_by": shared.name,
-            }]}),
-        ),
+        ("GET" | "HEAD", "/v1/models") => models(shared),
         _ => echo(shared, req, body_sha256),
     };
     send(shared, conn, reply, req.keep_alive, head_only, cut).await
 }
 
-fn echo(shared: &Shared, req: &Request, body_sha256: String) -> Reply {
+pub(crate) fn echo(shared: &Shared, req: &Request, body_sha256: String) -> Reply {
     let mut headers = serde_json::Map::new();
     for (k, v) in &req.headers {
         match headers.get_mut(k) {
@@ -199,7 +216,7 @@ fn echo(shared: &Shared, req: &Request, body_sha256: String) -> Reply {
     )
 }
 
-fn control(shared: &Shared, req: &Request) -> Reply {
+pub(crate) fn control(shared: &Shared, req: &Request) -> Reply {
     let parsed = || serde_json::from_slice::<Value>(&req.body);
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/_sim/stats") => Reply::json(200, &json!(shared.stats())),

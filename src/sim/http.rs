@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use super::io::SimIo;
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
@@ -41,7 +43,7 @@ pub(crate) enum Incoming {
 
 /// One client connection with its read buffer.
 pub(crate) struct Conn {
-    pub stream: TcpStream,
+    pub stream: SimIo,
     buf: BytesMut,
 }
 
@@ -52,8 +54,7 @@ fn has_token(value: &str, token: &str) -> bool {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Conn {
-        let _ = stream.set_nodelay(true);
+    pub fn new(stream: SimIo) -> Conn {
         Conn {
             stream,
             buf: BytesMut::with_capacity(8 * 1024),
@@ -253,8 +254,9 @@ impl Conn {
         tokio::task::yield_now().await;
         while self.buf.len() < MAX_BUFFERED {
             self.buf.reserve(8 * 1024);
-            match self.stream.try_read_buf(&mut self.buf) {
-                Ok(n) if n > 0 => {}
+            // One poll: whatever is ready now, never a wait.
+            match self.stream.read_buf(&mut self.buf).now_or_never() {
+                Some(Ok(n)) if n > 0 => {}
                 _ => break,
             }
         }

@@ -14,8 +14,10 @@
 mod cli;
 mod completions;
 mod fault;
+mod h2;
 mod handlers;
 mod http;
+mod io;
 #[cfg(test)]
 mod test_client;
 #[cfg(test)]
@@ -53,6 +55,14 @@ pub struct SimOptions {
     pub token_interval: Duration,
     pub fault: Fault,
     pub health: HealthMode,
+    /// Serve TLS with this certificate and key.
+    pub tls: Option<crate::config::TlsFiles>,
+    /// With `tls`: require a client certificate signed by this CA (mTLS;
+    /// TLS 1.2 only, so that a refusal is a handshake failure).
+    pub client_ca: Option<std::path::PathBuf>,
+    /// Speak HTTP/2: offered by ALPN with TLS, by prior knowledge (h2c
+    /// preface) without. HTTP/1.1 stays available either way.
+    pub http2: bool,
 }
 
 impl Default for SimOptions {
@@ -64,6 +74,9 @@ impl Default for SimOptions {
             token_interval: Duration::from_millis(20),
             fault: Fault::default(),
             health: HealthMode::Ok,
+            tls: None,
+            client_ca: None,
+            http2: false,
         }
     }
 }
@@ -79,6 +92,13 @@ pub struct Stats {
     pub in_flight: u64,
     /// Most traffic requests handled at once.
     pub peak_in_flight: u64,
+    /// Traffic requests that came over HTTP/2.
+    #[serde(default)]
+    pub http2_requests: u64,
+    /// HTTP/2 streams the client reset (RST_STREAM) before the response
+    /// was complete; the connection itself stayed open.
+    #[serde(default)]
+    pub streams_reset: u64,
     pub connections_accepted: u64,
     /// Client went away (closed or reset) before a response or stream was
     /// complete, including while a hang/stall/latency fault held it.
@@ -113,6 +133,9 @@ pub struct RequestRecord {
     pub headers: Vec<(String, String)>,
     pub body_len: u64,
     pub body_sha256: String,
+    /// `HTTP/1.1` or `HTTP/2`.
+    #[serde(default)]
+    pub version: String,
 }
 
 #[derive(Default)]
@@ -121,6 +144,8 @@ pub(crate) struct Counters {
     health_checks: u64,
     in_flight: u64,
     peak_in_flight: u64,
+    http2_requests: u64,
+    streams_reset: u64,
     connections_accepted: u64,
     disconnects_mid_response: u64,
     websockets_opened: u64,
@@ -144,6 +169,8 @@ pub(crate) struct Shared {
     health: Mutex<HealthMode>,
     counters: Mutex<Counters>,
     shutdown: watch::Sender<bool>,
+    tls: Option<pingora_rustls::TlsAcceptor>,
+    http2: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,6 +189,8 @@ impl Shared {
             health_checks: c.health_checks,
             in_flight: c.in_flight,
             peak_in_flight: c.peak_in_flight,
+            http2_requests: c.http2_requests,
+            streams_reset: c.streams_reset,
             connections_accepted: c.connections_accepted,
             disconnects_mid_response: c.disconnects_mid_response,
             websockets_opened: c.websockets_opened,
@@ -229,10 +258,19 @@ impl Shared {
         self.counters().disconnects_mid_response += 1;
     }
 
+    pub(crate) fn count_stream_reset(&self) {
+        let mut c = self.counters();
+        c.streams_reset += 1;
+        c.disconnects_mid_response += 1;
+    }
+
     /// Counts and logs a traffic request; the guard keeps it in flight.
     pub(crate) fn begin_request(self: &Arc<Self>, record: RequestRecord) -> InFlight {
         let mut c = self.counters();
         c.requests += 1;
+        if record.version == "HTTP/2" {
+            c.http2_requests += 1;
+        }
         c.in_flight += 1;
         c.peak_in_flight = c.peak_in_flight.max(c.in_flight);
         if c.log.len() >= LOG_CAPACITY {
@@ -267,6 +305,10 @@ impl SimServer {
     /// Binds `listen`, spawns the accept loop on the current tokio runtime
     /// and returns once the socket is listening.
     pub async fn start(listen: SocketAddr, opts: SimOptions) -> std::io::Result<SimServer> {
+        let tls = match &opts.tls {
+            None => None,
+            Some(files) => Some(tls_acceptor(files, &opts)?),
+        };
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let (shutdown, _) = watch::channel(false);
@@ -281,6 +323,8 @@ impl SimServer {
             health: Mutex::new(opts.health),
             counters: Mutex::new(Counters::default()),
             shutdown,
+            tls,
+            http2: opts.http2,
         });
         tokio::spawn(accept_loop(shared.clone(), listener));
         tracing::debug!(name = %shared.name, %addr, "sim server listening");
@@ -338,6 +382,72 @@ impl std::fmt::Debug for SimServer {
     }
 }
 
+/// The sim's TLS side. Certificate dates are not checked: a test may want
+/// an expired server.
+fn tls_acceptor(
+    files: &crate::config::TlsFiles,
+    opts: &SimOptions,
+) -> std::io::Result<pingora_rustls::TlsAcceptor> {
+    use pingora_rustls::{version, RootCertStore, ServerConfig, WebPkiClientVerifier};
+    let fail = |e: String| std::io::Error::other(e);
+    let mut config = match &opts.client_ca {
+        None => {
+            crate::tls::listener::server_config(files, None)
+                .map_err(|p| fail(p.message))?
+                .0
+        }
+        Some(ca) => {
+            crate::tls::init();
+            let mut roots = RootCertStore::empty();
+            for der in crate::tls::pem::certificates(ca).map_err(fail)? {
+                roots.add(der).map_err(|e| fail(e.to_string()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|e| fail(e.to_string()))?;
+            let chain = crate::tls::pem::certificates(&files.cert).map_err(fail)?;
+            let key = crate::tls::pem::private_key(&files.key).map_err(fail)?;
+            // TLS 1.2: a refused client certificate then fails the
+            // handshake itself. Under 1.3 the refusal comes after the
+            // client's handshake is done, and may reach it as a plain reset.
+            ServerConfig::builder_with_protocol_versions(&[&version::TLS12])
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain, key)
+                .map_err(|e| fail(e.to_string()))?
+        }
+    };
+    config.alpn_protocols = match opts.http2 {
+        true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        false => vec![b"http/1.1".to_vec()],
+    };
+    Ok(pingora_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// One accepted connection: TLS first if configured, then HTTP/2 (by ALPN,
+/// or by its preface on a plain connection) or HTTP/1.1.
+async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let Some(acceptor) = &shared.tls else {
+        if shared.http2 && h2::has_preface(&stream).await {
+            return h2::serve(shared.clone(), stream).await;
+        }
+        return handlers::serve_connection(shared.clone(), io::SimIo::Plain(stream)).await;
+    };
+    let accepted = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+    let tls = match accepted {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "sim: TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        return h2::serve(shared.clone(), tls).await;
+    }
+    handlers::serve_connection(shared.clone(), io::SimIo::Tls(Box::new(tls))).await
+}
+
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut stop = shared.shutdown.subscribe();
     loop {
@@ -353,7 +463,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => {}
-                        _ = handlers::serve_connection(shared.clone(), stream) => {}
+                        _ = serve(shared.clone(), stream) => {}
                     }
                     tracing::trace!(%peer, "sim connection closed");
                 });

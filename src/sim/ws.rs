@@ -17,7 +17,6 @@
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -25,6 +24,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::handlers::{cut_or_keep, send, Cut, Flow, Reply};
 use super::http::{Conn, Request};
+use super::io::SimIo;
 use super::Shared;
 
 /// Largest WebSocket message and frame the server accepts.
@@ -136,7 +136,7 @@ fn close_command(text: &str) -> Option<CloseFrame> {
     })
 }
 
-async fn echo(shared: &Shared, stream: &mut TcpStream, pre_read: Vec<u8>, cut: Option<Cut>) -> End {
+async fn echo(shared: &Shared, stream: &mut SimIo, pre_read: Vec<u8>, cut: Option<Cut>) -> End {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_WS_MESSAGE))
         .max_frame_size(Some(MAX_WS_MESSAGE));

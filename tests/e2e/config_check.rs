@@ -124,3 +124,90 @@ fn missing_file_and_run_refuses_too() {
     assert!(!out.status.success(), "run started on a bad config");
     assert!(String::from_utf8_lossy(&out.stderr).contains("route[0].pool"));
 }
+
+/// `[server] tls` and a TLS pool's files: every problem names the key and
+/// the file, and says what is wrong.
+#[test]
+fn tls_files_are_checked() {
+    use crate::certs::Pki;
+    let pki = Pki::new("check");
+    let good = pki.server("good", &["127.0.0.1"]);
+    let other = pki.server("other", &["127.0.0.1"]);
+    let old = pki.expired_server("old", &["127.0.0.1"]);
+    let client = pki.client("client", "ballast");
+    let listener = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "[server]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n{GOOD}",
+            cert.display(),
+            key.display()
+        )
+    };
+    assert!(check(&listener(&good.cert, &good.key)).0);
+    assert_rejected(
+        &listener(&old.cert, &old.key),
+        &["server.tls.cert", "old.pem", "expired on 2021-01-01"],
+    );
+    assert_rejected(
+        &listener(&good.cert, &other.key),
+        &[
+            "server.tls.key",
+            "other-key.pem",
+            "does not belong to the certificate",
+            "good.pem",
+        ],
+    );
+    assert_rejected(
+        &listener(&good.key, &good.key),
+        &["server.tls.cert", "holds something other than certificates"],
+    );
+    assert_rejected(
+        &listener(&good.cert, &good.cert),
+        &["server.tls.key", "holds no PEM private key"],
+    );
+    assert_rejected(
+        &listener(&pki.path("missing.pem"), &good.key),
+        &["server.tls.cert", "cannot read", "missing.pem"],
+    );
+    assert_rejected(
+        &listener(&pki.path(""), &good.key),
+        &["server.tls.cert", "not a regular file"],
+    );
+    // No secret of a key file ever shows in a message.
+    let (_, err) = check(&listener(&good.cert, &other.key));
+    let key_text = std::fs::read_to_string(&other.key).unwrap();
+    let key_body = key_text.lines().nth(1).unwrap();
+    assert!(!err.contains(key_body), "{err}");
+
+    let pool = |extra: &str| {
+        GOOD.replace(
+            "name = \"p\"",
+            &format!("name = \"p\"\ntls = true\n{extra}"),
+        )
+    };
+    let ca = format!("ca_file = \"{}\"", pki.ca_file.display());
+    assert!(check(&pool(&ca)).0);
+    assert_rejected(
+        &pool(&format!("ca_file = \"{}\"", good.key.display())),
+        &["pool[0].ca_file", "holds something other than certificates"],
+    );
+    let identity = |cert: &std::path::Path, key: &std::path::Path| {
+        pool(&format!(
+            "{ca}\nclient_cert = \"{}\"\nclient_key = \"{}\"",
+            cert.display(),
+            key.display()
+        ))
+    };
+    assert!(check(&identity(&client.cert, &client.key)).0);
+    assert_rejected(
+        &identity(&client.cert, &good.key),
+        &["pool[0].client_key", "does not belong to the certificate"],
+    );
+    assert_rejected(
+        &identity(&old.cert, &old.key),
+        &["pool[0].client_cert", "expired on"],
+    );
+    assert_rejected(
+        &pool("sni = \"not a name\""),
+        &["pool[0].sni", "not a DNS name"],
+    );
+}

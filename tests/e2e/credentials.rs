@@ -87,6 +87,39 @@ async fn fallbacks_get_their_own_key_and_host_never_the_primarys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_goes_in_the_header_the_pool_names() {
+    let hosted = sim("hosted").await;
+    let gw = Gateway::start_env(
+        &format!(
+            "{}{}",
+            pool_toml(
+                "hosted",
+                &[hosted.addr().to_string()],
+                "api_key_env = \"BALLAST_TEST_KEY_HOSTED\"\napi_key_header = \"X-Api-Key\""
+            ),
+            route_toml("r", "/", "hosted", "")
+        ),
+        &[("BALLAST_TEST_KEY_HOSTED", KEY_HOSTED)],
+    )
+    .await;
+    let r = gw
+        .client
+        .post(gw.url("/v1/echo"))
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .header("x-api-key", "client-x-api-key")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let log = hosted.stats().log;
+    // The bare key in its own header; neither of the client's credentials.
+    assert_eq!(recorded_header(&log[0], "x-api-key"), [KEY_HOSTED]);
+    assert!(recorded_header(&log[0], "authorization").is_empty());
+    assert!(!carries(&log[0], CLIENT_KEY) && !carries(&log[0], "client-x-api-key"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_that_cannot_be_a_header_stops_start_up_without_showing_it() {
     let a = sim("a").await;
     let dir = tempfile::tempdir().unwrap();

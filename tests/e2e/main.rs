@@ -3,6 +3,7 @@
 
 mod admission;
 mod balancing;
+mod certs;
 mod config_check;
 mod connections;
 mod credentials;
@@ -23,5 +24,7 @@ mod retries;
 mod slow_readers;
 mod startup;
 mod streaming;
+mod tls_clients;
+mod tls_upstream;
 mod upgrades;
 mod websocket;

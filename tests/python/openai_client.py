@@ -1,11 +1,12 @@
 """Drive Ballast with the official `openai` Python client.
 
-Usage: openai_client.py BASE_URL SCENARIO
+Usage: openai_client.py BASE_URL SCENARIO   (BALLAST_TEST_CA=ca.pem for https)
 Prints one JSON line describing what the client saw; the Rust end-to-end
 tests assert on it.
 """
 
 import json
+import os
 import sys
 
 import openai
@@ -13,7 +14,12 @@ import openai
 
 def main() -> None:
     base_url, scenario = sys.argv[1], sys.argv[2]
-    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=30)
+    # BALLAST_TEST_CA: the gateway speaks TLS with a certificate from this CA.
+    ca = os.environ.get("BALLAST_TEST_CA")
+    http_client = openai.DefaultHttpxClient(verify=ca) if ca else None
+    client = openai.OpenAI(
+        base_url=base_url, api_key="unused", max_retries=0, timeout=30, http_client=http_client
+    )
     messages = [{"role": "user", "content": "hi"}]
     out = {"scenario": scenario}
     try:

@@ -209,7 +209,7 @@ format = "xml"
 
 [[pool]]
 name = "a"
-tls = true
+sni = "api.example.com"
 api_key_env = "BALLAST_TEST_SURELY_UNSET_VARIABLE"
 [pool.health]
 path = "health"
@@ -234,7 +234,7 @@ pool = "b"
             "server.threads",
             "admin.listen",
             "log.format",
-            "pool[0].tls",
+            "pool[0].sni",
             "pool[0].api_key_env",
             "pool[0].health.path",
             "pool[0].health.rise",
@@ -247,7 +247,7 @@ pool = "b"
     );
     assert_eq!(
         p[4].message,
-        "TLS to upstreams is not supported by this build yet"
+        "`sni` applies only to a TLS pool; add `tls = true`"
     );
     assert!(p[5].message.contains("BALLAST_TEST_SURELY_UNSET_VARIABLE"));
     assert_eq!((p[0].line, p[0].column), (3, 11));
@@ -265,12 +265,80 @@ fn display_is_one_line_per_problem() {
 }
 
 #[test]
-fn listener_tls_is_refused_clearly() {
-    let text = format!("[server]\ntls = {{ cert = \"c.pem\", key = \"k.pem\" }}\n{MINIMAL}");
+fn listener_tls_needs_both_files_that_exist() {
+    let text = format!("[server]\ntls = {{ cert = \"/nonexistent/c.pem\" }}\n{MINIMAL}");
     let p = problems(&text);
     assert_eq!(p.len(), 1, "{p:#?}");
-    assert_eq!((p[0].key.as_str(), p[0].line), ("server.tls", 2));
-    assert!(p[0].message.contains("not supported by this build"));
+    assert_eq!((p[0].key.as_str(), p[0].line), ("server.tls.key", 2));
+    let text = format!(
+        "[server]\ntls = {{ cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }}\n{MINIMAL}"
+    );
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!(p[0].key, "server.tls.cert");
+    assert!(
+        p[0].message.contains("cannot read '/nonexistent/c.pem'"),
+        "{}",
+        p[0].message
+    );
+}
+
+#[test]
+fn pool_tls_keys_are_checked() {
+    let pool = |extra: &str| MINIMAL.replace("name = \"p\"", &format!("name = \"p\"\n{extra}"));
+    let cases = [
+        (
+            "ca_file = \"ca.pem\"",
+            "pool[0].ca_file",
+            "applies only to a TLS pool",
+        ),
+        (
+            "tls = true\nsni = \"bad name!\"",
+            "pool[0].sni",
+            "not a DNS name",
+        ),
+        (
+            "tls = true\nca_file = \"/nonexistent/ca.pem\"",
+            "pool[0].ca_file",
+            "cannot read",
+        ),
+        (
+            "tls = true\nclient_cert = \"c.pem\"",
+            "pool[0].client_cert",
+            "needs `client_key`",
+        ),
+        (
+            "tls = true\nclient_key = \"k.pem\"",
+            "pool[0].client_key",
+            "needs `client_cert`",
+        ),
+        (
+            "http2 = \"sometimes\"",
+            "pool[0].http2",
+            "unknown http2 mode",
+        ),
+        (
+            "api_key_header = \"x-api-key\"",
+            "pool[0].api_key_header",
+            "needs `api_key_env`",
+        ),
+        (
+            "api_key_env = \"PATH\"\napi_key_header = \"Host\"",
+            "pool[0].api_key_header",
+            "set by the gateway",
+        ),
+        (
+            "api_key_env = \"PATH\"\napi_key_header = \"a b\"",
+            "pool[0].api_key_header",
+            "not a header name",
+        ),
+    ];
+    for (extra, key, message) in cases {
+        let p = problems(&pool(extra));
+        assert_eq!(p.len(), 1, "{extra}: {p:#?}");
+        assert_eq!(p[0].key, key, "{extra}");
+        assert!(p[0].message.contains(message), "{extra}: {}", p[0].message);
+    }
 }
 
 #[test]

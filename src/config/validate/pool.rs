@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use toml::Spanned;
 
 use super::{secs, span_of, Checker, Lookup};
-use crate::config::model::{HealthConfig, PoolConfig, QueueConfig, ServerConfig};
+use crate::config::model::{HealthConfig, Http2Mode, PoolConfig, QueueConfig, ServerConfig};
+use crate::config::raw::Opt;
 use crate::config::raw::{RawHealth, RawPool, RawQueue, RawUpstream};
 
 impl Checker<'_> {
@@ -65,16 +66,11 @@ impl Checker<'_> {
                 );
             }
         }
-        let sni = self.non_empty(&raw.sni, &key("sni"));
         let tls = raw.tls.as_ref().is_some_and(|t| *t.get_ref());
-        if tls {
-            self.report(
-                span_of(&raw.tls),
-                key("tls"),
-                "TLS to upstreams is not supported by this build yet",
-            );
-        }
+        let upstream_tls = self.upstream_tls(i, raw, tls);
+        let http2 = self.http2(&raw.http2, &key("http2"));
         let api_key_env = self.api_key_env(&raw.api_key_env, &key("api_key_env"));
+        let api_key_header = self.api_key_header(raw, &key("api_key_header"));
         let health = raw.health.as_ref().map(|h| self.health(i, h));
         let queue = self.queue(i, raw.queue.as_ref());
 
@@ -122,8 +118,13 @@ impl Checker<'_> {
             max_conns,
             host,
             tls,
-            sni,
+            sni: upstream_tls.sni,
+            ca_file: upstream_tls.ca_file,
+            client_cert: upstream_tls.client_cert,
+            client_key: upstream_tls.client_key,
+            http2,
             api_key_env,
+            api_key_header,
             health,
             queue,
             servers,
@@ -146,6 +147,134 @@ impl Checker<'_> {
             self.report(Some(value.span()), key, message);
         }
         Some(var.to_owned())
+    }
+
+    /// `sni`, `ca_file`, `client_cert` and `client_key`: only with `tls`,
+    /// and every file readable, of the right kind, matching and not expired.
+    fn upstream_tls(&mut self, i: usize, raw: &RawPool, tls: bool) -> PoolTls {
+        let key = |field: &str| format!("pool[{i}].{field}");
+        let mut out = PoolTls::default();
+        let fields = [
+            ("sni", &raw.sni),
+            ("ca_file", &raw.ca_file),
+            ("client_cert", &raw.client_cert),
+            ("client_key", &raw.client_key),
+        ];
+        if !tls {
+            for (field, value) in fields {
+                if let Some(v) = value {
+                    self.report(
+                        Some(v.span()),
+                        key(field),
+                        format!("`{field}` applies only to a TLS pool; add `tls = true`"),
+                    );
+                }
+            }
+            return out;
+        }
+        out.sni = self.non_empty(&raw.sni, &key("sni"));
+        if let (Some(name), Some(v)) = (&out.sni, &raw.sni) {
+            if !name.is_empty() && pingora_rustls::ServerName::try_from(name.as_str()).is_err() {
+                self.report(
+                    Some(v.span()),
+                    key("sni"),
+                    format!("'{name}' is not a DNS name or IP address"),
+                );
+            }
+        }
+        let path = |c: &mut Self, v: &Opt<String>, field: &str| {
+            c.non_empty(v, &key(field))
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from)
+        };
+        out.ca_file = path(self, &raw.ca_file, "ca_file");
+        if let (Some(ca), Some(v)) = (&out.ca_file, &raw.ca_file) {
+            if let Err(e) = crate::tls::upstream::load_ca(ca) {
+                self.report(Some(v.span()), key("ca_file"), e);
+            }
+        }
+        out.client_cert = path(self, &raw.client_cert, "client_cert");
+        out.client_key = path(self, &raw.client_key, "client_key");
+        match (&out.client_cert, &out.client_key) {
+            (Some(cert), Some(k)) => {
+                let now = std::time::SystemTime::now();
+                if let Err(p) = crate::tls::upstream::client_identity(cert, k, now) {
+                    let (field, value) = match p.which {
+                        crate::tls::Which::Cert => ("client_cert", &raw.client_cert),
+                        crate::tls::Which::Key => ("client_key", &raw.client_key),
+                    };
+                    self.report(span_of(value), key(field), p.message);
+                }
+            }
+            (Some(_), None) => self.report(
+                span_of(&raw.client_cert),
+                key("client_cert"),
+                "needs `client_key` (the certificate's private key) too",
+            ),
+            (None, Some(_)) => self.report(
+                span_of(&raw.client_key),
+                key("client_key"),
+                "needs `client_cert` (the certificate it belongs to) too",
+            ),
+            (None, None) => {}
+        }
+        out
+    }
+
+    fn http2(&mut self, value: &Opt<String>, key: &str) -> Http2Mode {
+        let Some(v) = value else {
+            return Http2Mode::Auto;
+        };
+        match v.get_ref().trim() {
+            "auto" => Http2Mode::Auto,
+            "never" => Http2Mode::Never,
+            "always" => Http2Mode::Always,
+            other => {
+                self.report(
+                    Some(v.span()),
+                    key,
+                    format!(
+                        "unknown http2 mode '{other}'; expected \"auto\", \"never\" or \"always\""
+                    ),
+                );
+                Http2Mode::Auto
+            }
+        }
+    }
+
+    /// The header a pool's key goes in: a valid name, not one the gateway
+    /// owns, and only with `api_key_env`.
+    fn api_key_header(&mut self, raw: &RawPool, key: &str) -> http::HeaderName {
+        let default = http::header::AUTHORIZATION;
+        let Some(v) = &raw.api_key_header else {
+            return default;
+        };
+        let text = v.get_ref().trim().to_ascii_lowercase();
+        let name = match http::HeaderName::from_bytes(text.as_bytes()) {
+            Ok(name) => name,
+            Err(_) => {
+                self.report(
+                    Some(v.span()),
+                    key,
+                    format!("'{text}' is not a header name, e.g. \"x-api-key\""),
+                );
+                return default;
+            }
+        };
+        if crate::proxy::gateway_owned_header(&name) {
+            self.report(
+                Some(v.span()),
+                key,
+                format!("'{text}' is set by the gateway itself; choose another header"),
+            );
+        } else if raw.api_key_env.is_none() {
+            self.report(
+                Some(v.span()),
+                key,
+                "needs `api_key_env` (the variable holding the key)",
+            );
+        }
+        name
     }
 
     fn health(&mut self, i: usize, raw: &RawHealth) -> HealthConfig {
@@ -215,8 +344,9 @@ impl Checker<'_> {
         };
         let text = addr.get_ref().trim().to_owned();
         match resolve(&text, self.lookup) {
-            Ok(resolved) => Some(ServerConfig {
+            Ok((host, resolved)) => Some(ServerConfig {
                 addr: text,
+                host,
                 resolved,
                 weight,
                 max_conns,
@@ -229,14 +359,23 @@ impl Checker<'_> {
     }
 }
 
-/// `host:port` → the first address it resolves to, IPv4 preferred; names
-/// are looked up with `lookup`.
-pub(crate) fn resolve(addr: &str, lookup: &Lookup) -> Result<SocketAddr, String> {
+/// A pool's checked TLS keys.
+#[derive(Default)]
+struct PoolTls {
+    sni: Option<String>,
+    ca_file: Option<std::path::PathBuf>,
+    client_cert: Option<std::path::PathBuf>,
+    client_key: Option<std::path::PathBuf>,
+}
+
+/// `host:port` → its host part and the first address it resolves to,
+/// IPv4 preferred; names are looked up with `lookup`.
+pub(crate) fn resolve(addr: &str, lookup: &Lookup) -> Result<(String, SocketAddr), String> {
     if let Ok(a) = addr.parse::<SocketAddr>() {
         return if a.port() == 0 {
             Err(format!("'{addr}' has port 0; give the backend's real port"))
         } else {
-            Ok(a)
+            Ok((a.ip().to_string(), a))
         };
     }
     if addr.contains("://") {
@@ -270,6 +409,6 @@ pub(crate) fn resolve(addr: &str, lookup: &Lookup) -> Result<SocketAddr, String>
         .iter()
         .find(|a| a.is_ipv4())
         .or_else(|| resolved.first())
-        .copied()
+        .map(|a| (host.to_owned(), *a))
         .ok_or_else(|| format!("'{host}' resolved to no addresses"))
 }
