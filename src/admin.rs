@@ -64,7 +64,7 @@ impl Admin {
     /// so they can never drift from what selection sees.
     fn refresh_gauges(&self, now: Instant) {
         for pool in &self.pools {
-            for s in &pool.servers {
+            for s in pool.servers().iter() {
                 let up = s.availability(now).is_usable();
                 let cooling = s.cooldown_left(now).as_secs_f64();
                 metrics::set_server_state(&pool.name, &s.addr, s.outstanding(), up, cooling);

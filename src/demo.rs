@@ -15,8 +15,9 @@ pub fn start_backends(config: &Config) -> anyhow::Result<()> {
         .flat_map(|p| {
             p.servers
                 .iter()
+                .flat_map(|s| s.resolved.iter().copied())
                 .enumerate()
-                .map(move |(i, s)| (format!("{}-{}", p.name, i + 1), s.resolved))
+                .map(move |(i, addr)| (format!("{}-{}", p.name, i + 1), addr))
         })
         .collect();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();

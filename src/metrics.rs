@@ -152,6 +152,41 @@ static TLS_CERT_EXPIRY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric ballast_tls_cert_expiry_timestamp_seconds registers")
 });
 
+static DNS_RESOLUTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_dns_resolutions_total",
+        "Lookups of host names in pool.servers.addr, by pool and result (ok, error)",
+        &["pool", "result"]
+    )
+    .expect("metric ballast_dns_resolutions_total registers")
+});
+
+pub fn dns_resolution(pool: &str, result: &str) {
+    DNS_RESOLUTIONS.with_label_values(&[pool, result]).inc();
+}
+
+/// Remove every series of a server that left its pool.
+pub fn remove_server(pool: &str, server: &str) {
+    let _ = OUTSTANDING.remove_label_values(&[pool, server]);
+    let _ = UP.remove_label_values(&[pool, server]);
+    let _ = COOLDOWN.remove_label_values(&[pool, server]);
+    let _ = EJECTIONS.remove_label_values(&[pool, server]);
+    // Attempts also carry an outcome: remove each one recorded.
+    use prometheus::core::Collector;
+    for family in ATTEMPTS.collect() {
+        for m in family.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("pool") == Some(&pool) && labels.get("server") == Some(&server) {
+                let _ = ATTEMPTS.remove(&labels);
+            }
+        }
+    }
+}
+
 pub fn tls_cert_expiry(listener: &str, unix_seconds: i64) {
     TLS_CERT_EXPIRY
         .with_label_values(&[listener])

@@ -62,12 +62,13 @@ fn build_pools(config: &Config) -> anyhow::Result<Vec<Arc<Pool>>> {
                 None => None,
             };
             metrics::register_pool(&p.name);
-            for s in &p.servers {
-                metrics::register_server(&p.name, &s.addr);
-            }
             let tls = crate::tls::UpstreamTls::load(p, std::time::SystemTime::now())
                 .map_err(|e| anyhow::anyhow!("pool '{}': {e}", p.name))?;
-            Ok(Arc::new(Pool::new(p, credential, tls.as_ref())))
+            let pool = Pool::new(p, credential, tls.map(Arc::new));
+            for s in pool.servers().iter() {
+                metrics::register_server(&p.name, &s.addr);
+            }
+            Ok(Arc::new(pool))
         })
         .collect()
 }
@@ -108,19 +109,25 @@ fn load_listener_tls(config: &Config) -> anyhow::Result<Option<crate::tls::Liste
     Ok(Some(tls))
 }
 
+/// Health checks and DNS refreshes: one task each per pool that needs it.
 struct Prober {
     pools: Vec<Arc<Pool>>,
+    resolver: Arc<hickory_resolver::TokioResolver>,
 }
 
 #[async_trait]
 impl BackgroundService for Prober {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let tasks: Vec<_> = self
+        let checks = self
             .pools
             .iter()
             .filter(|p| p.health.is_some())
-            .map(|p| tokio::spawn(prober::run(p.clone())))
-            .collect();
+            .map(|p| tokio::spawn(prober::run(p.clone())));
+        let lookups = self
+            .pools
+            .iter()
+            .map(|p| tokio::spawn(crate::pool::dns::run(p.clone(), self.resolver.clone())));
+        let tasks: Vec<_> = checks.chain(lookups).collect();
         let _ = shutdown.changed().await;
         for t in tasks {
             t.abort();
@@ -235,7 +242,9 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     admin.threads = Some(1);
     admin.add_tcp(&config.admin.listen);
 
-    let mut prober = background_service("ballast health checks", Prober { pools });
+    let resolver = Arc::new(crate::pool::dns::resolver(&config.server)?);
+    let mut prober =
+        background_service("ballast health checks and DNS", Prober { pools, resolver });
     prober.threads = Some(1);
 
     server.add_service(gateway);

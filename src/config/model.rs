@@ -29,6 +29,9 @@ pub struct ServerSection {
     /// TLS on every client listener; checked (readable, matching, not
     /// expired) when the config was loaded.
     pub tls: Option<TlsFiles>,
+    /// Name servers host names in `pool.servers.addr` are re-resolved
+    /// with; empty: the system's (`/etc/resolv.conf`).
+    pub resolver: Vec<SocketAddr>,
 }
 
 /// A certificate chain and its private key, as PEM files.
@@ -106,6 +109,9 @@ pub struct PoolConfig {
     /// Header the key is sent in (lowercase): `authorization` (the default)
     /// carries `Bearer <key>`, any other the key itself.
     pub api_key_header: http::HeaderName,
+    /// How often host names in `servers` are looked up again (sooner when
+    /// the record's TTL says so).
+    pub resolve_interval: Duration,
     pub health: Option<HealthConfig>,
     pub queue: QueueConfig,
     pub servers: Vec<ServerConfig>,
@@ -128,12 +134,18 @@ pub struct QueueConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
-    /// `host:port` as written; a hostname is resolved at start-up.
+    /// `host:port` as written.
     pub addr: String,
     /// The host part of `addr` (a name, or an IP address without brackets):
     /// the default TLS server name.
     pub host: String,
-    pub resolved: SocketAddr,
+    pub port: u16,
+    /// `host` is a name (re-resolved while running), not an IP address.
+    pub is_name: bool,
+    /// Every address it resolved to when the config was loaded (IPv4 if
+    /// it has any, else IPv6); each is a member of the pool. Empty for a
+    /// name left to `server.resolver`.
+    pub resolved: Vec<SocketAddr>,
     pub weight: u32,
     /// Cap on outstanding requests; 0 = none. Already merged with the pool default.
     pub max_conns: u32,

@@ -49,6 +49,7 @@ pub(crate) struct RawServer {
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     /// TLS on every client listener.
     pub tls: Option<RawListenerTls>,
+    pub resolver: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +102,7 @@ pub(crate) struct RawPool {
     pub http2: Opt<String>,
     pub api_key_env: Opt<String>,
     pub api_key_header: Opt<String>,
+    pub resolve_interval: Opt<String>,
     pub health: Option<RawHealth>,
     pub queue: Option<RawQueue>,
     pub servers: Opt<Vec<Spanned<RawUpstream>>>,

@@ -77,7 +77,9 @@ fn server(a: &str, weight: u32, max_conns: u32) -> ServerConfig {
     ServerConfig {
         addr: a.to_owned(),
         host: addr(a).ip().to_string(),
-        resolved: addr(a),
+        port: addr(a).port(),
+        is_name: false,
+        resolved: vec![addr(a)],
         weight,
         max_conns,
     }
@@ -93,6 +95,7 @@ fn example_file_parses_into_expected_model() {
             grace_period: secs(5),
             trusted_proxies: vec![],
             tls: None,
+            resolver: vec![],
         },
         admin: AdminSection {
             listen: "127.0.0.1:9090".into(),
@@ -125,6 +128,7 @@ fn example_file_parses_into_expected_model() {
             http2: Http2Mode::Auto,
             api_key_env: None,
             api_key_header: http::header::AUTHORIZATION,
+            resolve_interval: Duration::from_secs(30),
             health: Some(HealthConfig {
                 path: "/health".into(),
                 interval: secs(2),
@@ -254,6 +258,7 @@ fn full_example_parses_into_expected_model() {
             grace_period: Duration::from_millis(250),
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
             tls: None,
+            resolver: vec![],
         }
     );
     assert_eq!(
@@ -293,7 +298,8 @@ fn full_example_parses_into_expected_model() {
     // hostnames resolve, IPv4 preferred; max_conns inherits the pool's
     let localhost = &deepseek.servers[1];
     assert_eq!(localhost.addr, "localhost:8081");
-    assert_eq!(localhost.resolved, addr("127.0.0.1:8081"));
+    assert_eq!(localhost.resolved, vec![addr("127.0.0.1:8081")]);
+    assert!(localhost.is_name);
     assert_eq!(localhost.host, "localhost");
     assert_eq!((localhost.weight, localhost.max_conns), (1, 16));
 
@@ -358,6 +364,7 @@ fn defaults() {
             grace_period: secs(5),
             trusted_proxies: vec![],
             tls: None,
+            resolver: vec![],
         }
     );
     assert_eq!(c.admin.listen, "127.0.0.1:9090");
@@ -397,6 +404,7 @@ fn defaults() {
             http2: Http2Mode::Auto,
             api_key_env: None,
             api_key_header: http::header::AUTHORIZATION,
+            resolve_interval: Duration::from_secs(30),
             health: None,
             queue: QueueConfig {
                 max_depth: 100,

@@ -76,7 +76,10 @@ impl Checker<'_> {
                 "no [[pool]] is defined; at least one is required",
             );
         }
-        let pools = self.pools(&raw.pool);
+        // With name servers of its own, the gateway resolves names itself
+        // at start; without, they must resolve now.
+        let resolve_now = raw.server.resolver.as_ref().is_none_or(|r| r.is_empty());
+        let pools = self.pools(&raw.pool, resolve_now);
         if raw.route.is_empty() {
             self.report(
                 None,
@@ -118,6 +121,23 @@ impl Checker<'_> {
         };
         let grace_period = self.duration(&raw.grace_period, "server.grace_period", secs(5), false);
         let tls = raw.tls.as_ref().and_then(|t| self.listener_tls(t));
+        let mut resolver = Vec::new();
+        for (i, entry) in raw.resolver.iter().flatten().enumerate() {
+            let text = entry.get_ref().trim();
+            // A bare address is port 53.
+            let addr = text.parse::<SocketAddr>().or_else(|_| {
+                text.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match addr {
+                Ok(a) => resolver.push(a),
+                Err(_) => self.report(
+                    Some(entry.span()),
+                    format!("server.resolver[{i}]"),
+                    format!("'{text}' is not a name server address, e.g. \"10.0.0.2\" or \"127.0.0.1:5353\""),
+                ),
+            }
+        }
         let mut trusted_proxies = Vec::new();
         for (i, entry) in raw.trusted_proxies.iter().flatten().enumerate() {
             let text = entry.get_ref().trim();
@@ -140,6 +160,7 @@ impl Checker<'_> {
             grace_period,
             trusted_proxies,
             tls,
+            resolver,
         }
     }
 

@@ -1,6 +1,8 @@
 //! Active health state: `fall` consecutive failed checks take a server out,
 //! `rise` consecutive passes bring it back. Servers start up, so a fresh
 //! gateway serves at once; the first `fall` failures take a dead one out.
+//! A member that joins later (a new DNS address) starts unchecked: down
+//! until its first check passes.
 
 #[derive(Debug, Clone)]
 pub struct HealthState {
@@ -25,6 +27,16 @@ impl HealthState {
             fall: fall.max(1),
             up: true,
             streak: 0,
+        }
+    }
+
+    /// A member that joined a running pool: down until one check passes.
+    pub fn unchecked(rise: u32, fall: u32) -> Self {
+        HealthState {
+            up: false,
+            // One pass is enough to come up.
+            streak: rise.max(1) - 1,
+            ..HealthState::new(rise, fall)
         }
     }
 
@@ -56,6 +68,16 @@ impl HealthState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unchecked_member_comes_up_on_its_first_pass() {
+        let mut h = HealthState::unchecked(3, 2);
+        assert!(!h.is_up());
+        assert_eq!(h.record(true), Transition::CameUp);
+        let mut h = HealthState::unchecked(3, 2);
+        assert_eq!(h.record(false), Transition::None);
+        assert!(!h.is_up());
+    }
 
     #[test]
     fn falls_after_fall_consecutive_failures() {

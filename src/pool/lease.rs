@@ -9,16 +9,14 @@ use std::time::Instant;
 
 pub struct Lease {
     server: Arc<Server>,
-    index: usize,
     probe: bool,
     recorded: bool,
 }
 
 impl Lease {
-    pub(super) fn new(server: Arc<Server>, index: usize, probe: bool) -> Self {
+    pub(super) fn new(server: Arc<Server>, probe: bool) -> Self {
         Lease {
             server,
-            index,
             probe,
             recorded: false,
         }
@@ -28,9 +26,9 @@ impl Lease {
         &self.server
     }
 
-    /// Index of the server in its pool (for "already tried" bookkeeping).
-    pub fn index(&self) -> usize {
-        self.index
+    /// The server's id (for "already tried" bookkeeping).
+    pub fn id(&self) -> u64 {
+        self.server.id
     }
 
     pub fn is_probe(&self) -> bool {
@@ -61,7 +59,7 @@ impl Lease {
         {
             return false;
         }
-        let next = Lease::new(self.server.clone(), self.index, false);
+        let next = Lease::new(self.server.clone(), false);
         // Nobody took it after all: dropping it frees the slot (or passes
         // it on to someone who joined meanwhile).
         drop(admission.hand_off(next));

@@ -3,7 +3,11 @@ use crate::config::{PoolConfig, QueueConfig, ServerConfig};
 use crate::outcome::Outcome;
 
 fn pool(servers: &[(u16, u32)], max_fails: u32) -> Pool {
-    let cfg = PoolConfig {
+    Pool::new(&pool_config(servers, max_fails), None, None)
+}
+
+fn pool_config(servers: &[(u16, u32)], max_fails: u32) -> PoolConfig {
+    PoolConfig {
         name: "p".into(),
         max_fails,
         fail_timeout: Duration::from_secs(10),
@@ -17,6 +21,7 @@ fn pool(servers: &[(u16, u32)], max_fails: u32) -> Pool {
         http2: crate::config::Http2Mode::Auto,
         api_key_env: None,
         api_key_header: http::header::AUTHORIZATION,
+        resolve_interval: Duration::from_secs(30),
         health: None,
         queue: QueueConfig {
             max_depth: 100,
@@ -27,13 +32,14 @@ fn pool(servers: &[(u16, u32)], max_fails: u32) -> Pool {
             .map(|&(port, weight)| ServerConfig {
                 addr: format!("127.0.0.1:{port}"),
                 host: "127.0.0.1".into(),
-                resolved: ([127, 0, 0, 1], port).into(),
+                port,
+                is_name: false,
+                resolved: vec![([127, 0, 0, 1], port).into()],
                 weight,
                 max_conns: 0,
             })
             .collect(),
-    };
-    Pool::new(&cfg, None, None)
+    }
 }
 
 #[test]
@@ -43,22 +49,25 @@ fn leases_count_outstanding_and_release_on_drop() {
     let a = p.acquire(now, &[]).unwrap();
     let b = p.acquire(now, &[]).unwrap();
     // Least outstanding: the second lease goes to the other server.
-    assert_ne!(a.index(), b.index());
-    assert_eq!(p.servers[0].outstanding() + p.servers[1].outstanding(), 2);
+    assert_ne!(a.id(), b.id());
+    assert_eq!(
+        p.servers()[0].outstanding() + p.servers()[1].outstanding(),
+        2
+    );
     drop(a);
     drop(b);
-    assert_eq!(p.servers[0].outstanding(), 0);
-    assert_eq!(p.servers[1].outstanding(), 0);
+    assert_eq!(p.servers()[0].outstanding(), 0);
+    assert_eq!(p.servers()[1].outstanding(), 0);
 }
 
 #[test]
 fn ejected_server_is_skipped_then_probed_once() {
     let p = pool(&[(1, 1), (2, 1)], 1);
     let t0 = Instant::now();
-    p.servers[0].record(true, t0);
+    p.servers()[0].record(true, t0);
     for _ in 0..20 {
         let l = p.acquire(t0, &[]).unwrap();
-        assert_eq!(l.index(), 1);
+        assert_eq!(l.id(), p.servers()[1].id);
     }
     let later = t0 + Duration::from_secs(10);
     // Make server 1 busy so the probe target is the cheaper choice only by rule.
@@ -66,7 +75,7 @@ fn ejected_server_is_skipped_then_probed_once() {
     let mut held = Vec::new();
     for _ in 0..5 {
         let l = p.acquire(later, &[]).unwrap();
-        if l.index() == 0 {
+        if l.id() == p.servers()[0].id {
             assert!(l.is_probe());
             seen_probe += 1;
         }
@@ -79,7 +88,7 @@ fn ejected_server_is_skipped_then_probed_once() {
 fn probe_success_reopens_server() {
     let p = pool(&[(1, 1)], 1);
     let t0 = Instant::now();
-    p.servers[0].record(true, t0);
+    p.servers()[0].record(true, t0);
     assert!(p.acquire(t0, &[]).is_err());
     let later = t0 + Duration::from_secs(10);
     let mut probe = p.acquire(later, &[]).unwrap();
@@ -90,14 +99,14 @@ fn probe_success_reopens_server() {
     );
     probe.record(Outcome::Status(200), later);
     drop(probe);
-    assert_eq!(p.servers[0].availability(later), Availability::Usable);
+    assert_eq!(p.servers()[0].availability(later), Availability::Usable);
 }
 
 #[test]
 fn abandoned_probe_frees_the_slot() {
     let p = pool(&[(1, 1)], 1);
     let t0 = Instant::now();
-    p.servers[0].record(true, t0);
+    p.servers()[0].record(true, t0);
     let later = t0 + Duration::from_secs(10);
     drop(p.acquire(later, &[]).unwrap());
     assert!(p.acquire(later, &[]).unwrap().is_probe());
@@ -107,7 +116,7 @@ fn abandoned_probe_frees_the_slot() {
 fn no_server_reports_time_until_ejection_ends() {
     let p = pool(&[(1, 1)], 1);
     let t0 = Instant::now();
-    p.servers[0].record(true, t0);
+    p.servers()[0].record(true, t0);
     let err = p.acquire(t0 + Duration::from_secs(4), &[]).err().unwrap();
     assert_eq!(err.retry_after, Duration::from_secs(6));
 }
@@ -120,7 +129,7 @@ fn client_errors_never_eject() {
         let mut l = p.acquire(now, &[]).unwrap();
         l.record(Outcome::Status(code), now);
     }
-    assert_eq!(p.servers[0].availability(now), Availability::Usable);
+    assert_eq!(p.servers()[0].availability(now), Availability::Usable);
     let mut l = p.acquire(now, &[]).unwrap();
     l.record(Outcome::Status(502), now);
     drop(l);
@@ -131,16 +140,16 @@ fn client_errors_never_eject() {
 fn health_down_takes_server_out_and_pass_ends_ejection() {
     let p = pool(&[(1, 1)], 1);
     let now = Instant::now();
-    assert_eq!(p.servers[0].record_health(false), Transition::WentDown);
-    assert_eq!(p.servers[0].availability(now), Availability::Down);
-    assert_eq!(p.servers[0].record_health(true), Transition::CameUp);
-    p.servers[0].record(true, now);
+    assert_eq!(p.servers()[0].record_health(false), Transition::WentDown);
+    assert_eq!(p.servers()[0].availability(now), Availability::Down);
+    assert_eq!(p.servers()[0].record_health(true), Transition::CameUp);
+    p.servers()[0].record(true, now);
     assert!(matches!(
-        p.servers[0].availability(now),
+        p.servers()[0].availability(now),
         Availability::Ejected { .. }
     ));
-    p.servers[0].record_health(true);
-    assert_eq!(p.servers[0].availability(now), Availability::Usable);
+    p.servers()[0].record_health(true);
+    assert_eq!(p.servers()[0].availability(now), Availability::Usable);
 }
 
 #[test]
@@ -148,7 +157,10 @@ fn retry_prefers_untried() {
     let p = pool(&[(1, 1), (2, 1)], 3);
     let now = Instant::now();
     for _ in 0..20 {
-        assert_eq!(p.acquire(now, &[0]).unwrap().index(), 1);
+        assert_eq!(
+            p.acquire(now, &[p.servers()[0].id]).unwrap().id(),
+            p.servers()[1].id
+        );
     }
 }
 
@@ -156,17 +168,17 @@ fn retry_prefers_untried() {
 fn cooling_server_is_skipped_until_its_cooldown_ends() {
     let p = pool(&[(1, 1), (2, 1)], 3);
     let t0 = Instant::now();
-    p.servers[0].cool_until(t0 + Duration::from_secs(2));
+    p.servers()[0].cool_until(t0 + Duration::from_secs(2));
     for _ in 0..20 {
-        assert_eq!(p.acquire(t0, &[]).unwrap().index(), 1);
+        assert_eq!(p.acquire(t0, &[]).unwrap().id(), p.servers()[1].id);
     }
-    assert_eq!(p.servers[0].snapshot(t0).state, "cooling");
-    assert_eq!(p.servers[0].cooldown_left(t0), Duration::from_secs(2));
+    assert_eq!(p.servers()[0].snapshot(t0).state, "cooling");
+    assert_eq!(p.servers()[0].cooldown_left(t0), Duration::from_secs(2));
     // A shorter cooldown does not cut a longer one short.
-    p.servers[0].cool_until(t0 + Duration::from_secs(1));
-    assert_eq!(p.servers[0].cooldown_left(t0), Duration::from_secs(2));
+    p.servers()[0].cool_until(t0 + Duration::from_secs(1));
+    assert_eq!(p.servers()[0].cooldown_left(t0), Duration::from_secs(2));
     let later = t0 + Duration::from_secs(2);
-    assert_eq!(p.servers[0].availability(later), Availability::Usable);
+    assert_eq!(p.servers()[0].availability(later), Availability::Usable);
 }
 
 #[test]
@@ -175,8 +187,8 @@ fn waits_are_known_for_cooling_servers_only() {
     let t0 = Instant::now();
     assert_eq!(p.until_ready(t0), Some(Duration::ZERO));
     assert_eq!(p.until_cooled(t0), None);
-    p.servers[0].cool_until(t0 + Duration::from_secs(3));
-    p.servers[1].record(true, t0); // ejected for 10s
+    p.servers()[0].cool_until(t0 + Duration::from_secs(3));
+    p.servers()[1].record(true, t0); // ejected for 10s
     assert_eq!(p.until_ready(t0), Some(Duration::from_secs(3)));
     assert_eq!(p.until_cooled(t0), Some(Duration::from_secs(3)));
     assert_eq!(p.retry_after(t0), Duration::from_secs(3));
@@ -185,7 +197,7 @@ fn waits_are_known_for_cooling_servers_only() {
     assert_eq!(p.until_ready(later), Some(Duration::ZERO));
     // An ejected server is broken, not busy: nobody waits for it.
     let q = pool(&[(1, 1)], 1);
-    q.servers[0].record(true, t0);
+    q.servers()[0].record(true, t0);
     assert_eq!(q.until_ready(t0), None);
     assert_eq!(q.retry_after(t0), Duration::from_secs(10));
 }
@@ -198,12 +210,75 @@ fn local_failures_neither_eject_nor_end_an_ejection() {
         let mut l = p.acquire(t0, &[]).unwrap();
         l.record(Outcome::Local, t0);
     }
-    assert_eq!(p.servers[0].availability(t0), Availability::Usable);
-    p.servers[0].record(true, t0);
+    assert_eq!(p.servers()[0].availability(t0), Availability::Usable);
+    p.servers()[0].record(true, t0);
     let later = t0 + Duration::from_secs(10);
     let mut probe = p.acquire(later, &[]).unwrap();
     probe.record(Outcome::Local, later);
     drop(probe);
     // The probe told us nothing: the next request probes again.
     assert!(p.acquire(later, &[]).unwrap().is_probe());
+}
+
+fn addr(last: u8) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([10, 0, 0, last], 443))
+}
+
+#[test]
+fn a_new_address_joins_and_a_vanished_one_drains_then_goes() {
+    let p = pool(&[(1, 1)], 3);
+    let t0 = Instant::now();
+    let first = p.servers()[0].clone();
+    let change = p.set_addresses(0, &[addr(1), addr(2)]);
+    assert_eq!(change.added.len(), 2);
+    assert_eq!(change.drained, vec!["127.0.0.1:1".to_string()]);
+    let members = p.servers();
+    assert_eq!(members.len(), 2);
+    assert!(first.is_draining());
+    assert_eq!(first.availability(t0), Availability::Draining);
+    // A request in flight on the drained member keeps it listed.
+    let members_before = p.servers();
+    let held = p.acquire(t0, &[]).unwrap();
+    assert!(members_before.iter().any(|s| s.id == held.id()));
+    assert_eq!(p.snapshot(t0).servers.len(), 3);
+    // Only the two new members are ever chosen.
+    for _ in 0..10 {
+        let l = p.acquire(t0, &[]).unwrap();
+        assert_ne!(l.id(), first.id);
+    }
+    // The same answer again changes nothing; state is kept.
+    members[0].record(true, t0);
+    assert_eq!(
+        p.set_addresses(0, &[addr(2), addr(1)]),
+        MemberChange::default()
+    );
+    assert_eq!(p.servers()[0].snapshot(t0).fails, 1);
+    // An empty answer keeps the last good set.
+    assert_eq!(p.set_addresses(0, &[]), MemberChange::default());
+    assert_eq!(p.servers().len(), 2);
+    // The drained member goes once idle.
+    assert_eq!(p.sweep_drained(), vec!["127.0.0.1:1".to_string()]);
+    assert_eq!(p.snapshot(t0).servers.len(), 2);
+    drop(held);
+}
+
+#[test]
+fn a_joining_member_of_a_checked_pool_waits_for_its_first_check() {
+    let mut cfg = pool_config(&[(1, 1)], 3);
+    cfg.health = Some(crate::config::HealthConfig {
+        path: "/health".into(),
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+        rise: 2,
+        fall: 2,
+    });
+    let p = Pool::new(&cfg, None, None);
+    let t0 = Instant::now();
+    // Servers there at start are up at once.
+    assert_eq!(p.servers()[0].availability(t0), Availability::Usable);
+    p.set_addresses(0, &[addr(1)]);
+    let joined = p.servers()[0].clone();
+    assert_eq!(joined.availability(t0), Availability::Down);
+    assert_eq!(joined.record_health(true), Transition::CameUp);
+    assert_eq!(joined.availability(t0), Availability::Usable);
 }

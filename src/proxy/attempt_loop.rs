@@ -123,7 +123,7 @@ impl Gateway {
         head: &RequestHeader,
         body: &Bytes,
     ) -> PoolEnd {
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried: Vec<u64> = Vec::new();
         let mut waits = 0u32;
         let mut last: Option<Outcome> = None;
         // A retry that goes "at once" goes to a server not tried yet, even
@@ -214,7 +214,7 @@ impl Gateway {
             if let Some(pause) = retry::cooldown(outcome, asked, route.retry.backoff_max) {
                 server.cool_until(now + pause);
             }
-            tried.push(lease.index());
+            tried.push(lease.id());
             last = Some(outcome);
 
             let situation = Situation {

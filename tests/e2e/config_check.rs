@@ -211,3 +211,32 @@ fn tls_files_are_checked() {
         &["pool[0].sni", "not a DNS name"],
     );
 }
+
+#[test]
+fn dns_keys_are_checked() {
+    assert_rejected(
+        &format!("[server]\nresolver = [\"dns.example\"]\n{GOOD}"),
+        &["server.resolver[0]", "not a name server address"],
+    );
+    assert_rejected(
+        &GOOD.replace("name = \"p\"", "name = \"p\"\nresolve_interval = \"0s\""),
+        &["pool[0].resolve_interval", "greater than 0"],
+    );
+    assert_rejected(
+        &GOOD.replace("127.0.0.1:9", "bad name!:80"),
+        &["pool[0].servers[0].addr", "not a host name"],
+    );
+    assert_rejected(
+        &GOOD.replace("127.0.0.1:9", "surely-not-a-host.invalid:80"),
+        &[
+            "pool[0].servers[0].addr",
+            "cannot resolve 'surely-not-a-host.invalid'",
+        ],
+    );
+    // With name servers of its own, the gateway resolves names when it runs.
+    let own = format!(
+        "[server]\nresolver = [\"127.0.0.1:5353\"]\n{}",
+        GOOD.replace("127.0.0.1:9", "backend.test:80")
+    );
+    assert!(check(&own).0);
+}

@@ -197,14 +197,7 @@ impl Gateway {
     /// The `/status` entry of one server.
     pub async fn server_status(&self, server: &str) -> serde_json::Value {
         let st = self.status_json().await;
-        for pool in st["pools"].as_array().expect("pools") {
-            for s in pool["servers"].as_array().expect("servers") {
-                if s["addr"] == server {
-                    return s.clone();
-                }
-            }
-        }
-        panic!("server {server} not in /status: {st}");
+        find_server(&st, server).unwrap_or_else(|| panic!("server {server} not in /status: {st}"))
     }
 
     pub async fn metrics(&self) -> String {
@@ -241,6 +234,22 @@ impl Gateway {
         }
     }
 
+    /// Poll `/metrics` until the sample is at least `want`, or fail after 15 s.
+    pub async fn wait_metric_at_least(&self, name: &str, labels: &[(&str, &str)], want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = self.metric(name, labels).await;
+            if got >= want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} stayed {got}, wanted at least {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Poll `/status` until `pred` holds for `server`, or fail after 15 s.
     pub async fn wait_server(
         &self,
@@ -250,17 +259,29 @@ impl Gateway {
     ) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let s = self.server_status(server).await;
-            if pred(&s) {
+            // A server may not be listed yet (a name still being resolved).
+            let st = self.status_json().await;
+            let s = find_server(&st, server);
+            if s.as_ref().is_some_and(&pred) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out waiting for {server} to be {what}: {s}"
+                "timed out waiting for {server} to be {what}: {st}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// One server's entry in a `/status` document.
+fn find_server(status: &serde_json::Value, server: &str) -> Option<serde_json::Value> {
+    status["pools"]
+        .as_array()?
+        .iter()
+        .flat_map(|p| p["servers"].as_array().into_iter().flatten())
+        .find(|s| s["addr"] == server)
+        .cloned()
 }
 
 impl Drop for Gateway {

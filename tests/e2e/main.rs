@@ -7,6 +7,7 @@ mod certs;
 mod config_check;
 mod connections;
 mod credentials;
+mod dns;
 mod edge;
 mod ejection;
 mod errors;

@@ -11,13 +11,13 @@ use crate::config::raw::Opt;
 use crate::config::raw::{RawHealth, RawPool, RawQueue, RawUpstream};
 
 impl Checker<'_> {
-    pub(super) fn pools(&mut self, raw: &[Spanned<RawPool>]) -> Vec<PoolConfig> {
+    pub(super) fn pools(&mut self, raw: &[Spanned<RawPool>], resolve_now: bool) -> Vec<PoolConfig> {
         // name → line of its first definition
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut pools = Vec::new();
         for (i, pool) in raw.iter().enumerate() {
             let name = self.pool_name(i, pool, &mut seen);
-            pools.push(self.pool(i, &name, pool));
+            pools.push(self.pool(i, &name, pool, resolve_now));
         }
         pools
     }
@@ -50,7 +50,13 @@ impl Checker<'_> {
         text
     }
 
-    fn pool(&mut self, i: usize, name: &str, spanned: &Spanned<RawPool>) -> PoolConfig {
+    fn pool(
+        &mut self,
+        i: usize,
+        name: &str,
+        spanned: &Spanned<RawPool>,
+        resolve_now: bool,
+    ) -> PoolConfig {
         let raw = spanned.get_ref();
         let key = |field: &str| format!("pool[{i}].{field}");
         let max_fails = self.int(&raw.max_fails, &key("max_fails"), 3, 0, u32::MAX);
@@ -71,6 +77,12 @@ impl Checker<'_> {
         let http2 = self.http2(&raw.http2, &key("http2"));
         let api_key_env = self.api_key_env(&raw.api_key_env, &key("api_key_env"));
         let api_key_header = self.api_key_header(raw, &key("api_key_header"));
+        let resolve_interval = self.duration(
+            &raw.resolve_interval,
+            &key("resolve_interval"),
+            secs(30),
+            true,
+        );
         let health = raw.health.as_ref().map(|h| self.health(i, h));
         let queue = self.queue(i, raw.queue.as_ref());
 
@@ -90,7 +102,7 @@ impl Checker<'_> {
                 // addr → index of its first occurrence
                 let mut seen: HashMap<String, usize> = HashMap::new();
                 for (j, server) in list.get_ref().iter().enumerate() {
-                    let Some(s) = self.upstream(i, j, server, max_conns) else {
+                    let Some(s) = self.upstream(i, j, server, max_conns, resolve_now) else {
                         continue;
                     };
                     if let Some(first) = seen.get(&s.addr) {
@@ -125,6 +137,7 @@ impl Checker<'_> {
             http2,
             api_key_env,
             api_key_header,
+            resolve_interval,
             health,
             queue,
             servers,
@@ -323,6 +336,7 @@ impl Checker<'_> {
         j: usize,
         spanned: &Spanned<RawUpstream>,
         pool_max_conns: u32,
+        resolve_now: bool,
     ) -> Option<ServerConfig> {
         let raw = spanned.get_ref();
         let key = |field: &str| format!("pool[{i}].servers[{j}].{field}");
@@ -343,11 +357,23 @@ impl Checker<'_> {
             return None;
         };
         let text = addr.get_ref().trim().to_owned();
-        match resolve(&text, self.lookup) {
-            Ok((host, resolved)) => Some(ServerConfig {
+        let lookup: &Lookup = if resolve_now {
+            self.lookup
+        } else {
+            &|_, _| Ok(Vec::new())
+        };
+        match resolve(&text, lookup, resolve_now) {
+            Ok(Resolved {
+                host,
+                port,
+                is_name,
+                addrs,
+            }) => Some(ServerConfig {
                 addr: text,
                 host,
-                resolved,
+                port,
+                is_name,
+                resolved: addrs,
                 weight,
                 max_conns,
             }),
@@ -368,14 +394,30 @@ struct PoolTls {
     client_key: Option<std::path::PathBuf>,
 }
 
-/// `host:port` → its host part and the first address it resolves to,
-/// IPv4 preferred; names are looked up with `lookup`.
-pub(crate) fn resolve(addr: &str, lookup: &Lookup) -> Result<(String, SocketAddr), String> {
+/// A server address taken apart and looked up.
+pub(crate) struct Resolved {
+    pub host: String,
+    pub port: u16,
+    pub is_name: bool,
+    /// IPv4 addresses if the name has any, else IPv6; empty only when the
+    /// lookup was not `required`.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// `host:port` → its parts and every address it resolves to (IPv4 when
+/// there are any, like the gateway's own resolver); names are looked up
+/// with `lookup`, and must resolve when `required`.
+pub(crate) fn resolve(addr: &str, lookup: &Lookup, required: bool) -> Result<Resolved, String> {
     if let Ok(a) = addr.parse::<SocketAddr>() {
         return if a.port() == 0 {
             Err(format!("'{addr}' has port 0; give the backend's real port"))
         } else {
-            Ok((a.ip().to_string(), a))
+            Ok(Resolved {
+                host: a.ip().to_string(),
+                port: a.port(),
+                is_name: false,
+                addrs: vec![a],
+            })
         };
     }
     if addr.contains("://") {
@@ -396,6 +438,9 @@ pub(crate) fn resolve(addr: &str, lookup: &Lookup) -> Result<(String, SocketAddr
             "'{addr}' is not host:port; write an IPv6 address in brackets, e.g. \"[::1]:8080\""
         ));
     }
+    if hickory_resolver::Name::from_ascii(host).is_err() || host.contains(' ') {
+        return Err(format!("'{host}' in '{addr}' is not a host name"));
+    }
     let port = match port.parse::<u16>() {
         Ok(0) | Err(_) => {
             return Err(format!(
@@ -404,11 +449,18 @@ pub(crate) fn resolve(addr: &str, lookup: &Lookup) -> Result<(String, SocketAddr
         }
         Ok(p) => p,
     };
-    let resolved = lookup(host, port).map_err(|e| format!("cannot resolve '{host}': {e}"))?;
-    resolved
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or_else(|| resolved.first())
-        .map(|a| (host.to_owned(), *a))
-        .ok_or_else(|| format!("'{host}' resolved to no addresses"))
+    let found = lookup(host, port).map_err(|e| format!("cannot resolve '{host}': {e}"))?;
+    let v4: Vec<SocketAddr> = found.iter().filter(|a| a.is_ipv4()).copied().collect();
+    let mut addrs = if v4.is_empty() { found } else { v4 };
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() && required {
+        return Err(format!("'{host}' resolved to no addresses"));
+    }
+    Ok(Resolved {
+        host: host.to_owned(),
+        port,
+        is_name: true,
+        addrs,
+    })
 }
