@@ -165,8 +165,11 @@ async fn read_request(req: http::Request<h2::RecvStream>) -> Option<Request> {
         }
     }
     let mut headers = Vec::new();
+    // `:authority` is HTTP/2's Host; shown as one when no Host came too.
     if let Some(authority) = parts.uri.authority() {
-        headers.push(("host".to_owned(), authority.to_string()));
+        if !parts.headers.contains_key(http::header::HOST) {
+            headers.push(("host".to_owned(), authority.to_string()));
+        }
     }
     for (name, value) in &parts.headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();

@@ -240,3 +240,54 @@ fn dns_keys_are_checked() {
     );
     assert!(check(&own).0);
 }
+
+/// The shipped DeepSeek example passes `ballast check` once its key and
+/// certificate exist (here: test files, and the test's own name server so
+/// that no real lookup of api.deepseek.com is needed).
+#[test]
+fn the_deepseek_example_passes() {
+    use crate::certs::Pki;
+    let pki = Pki::new("example");
+    let pair = pki.server("gateway", &["gateway.example.com"]);
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/examples/deepseek.toml"
+    ))
+    .unwrap()
+    .replace(
+        "/etc/ballast/tls/fullchain.pem",
+        &pair.cert.display().to_string(),
+    )
+    .replace(
+        "/etc/ballast/tls/privkey.pem",
+        &pair.key.display().to_string(),
+    )
+    .replace("[server]\n", "[server]\nresolver = [\"127.0.0.1:5353\"]\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deepseek.toml");
+    std::fs::write(&path, &text).unwrap();
+    let run = |key: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ballast"));
+        c.args(["check", "--config"])
+            .arg(&path)
+            .env_remove("DEEPSEEK_API_KEY");
+        if let Some(k) = key {
+            c.env("DEEPSEEK_API_KEY", k);
+        }
+        c.output().unwrap()
+    };
+    let out = run(Some("sk-test"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the key it says which variable is missing.
+    let out = run(None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("DEEPSEEK_API_KEY") && err.contains("pool[0].api_key_env"),
+        "{err}"
+    );
+}

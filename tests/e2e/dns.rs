@@ -16,8 +16,8 @@ use std::time::Duration;
 
 /// A name server on loopback that answers A queries from a table the test
 /// changes (TTL 1 s), or fails every query while told to.
-struct TestDns {
-    addr: SocketAddr,
+pub struct TestDns {
+    pub addr: SocketAddr,
     answers: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>>,
     failing: Arc<AtomicBool>,
     queries: Arc<AtomicU64>,
@@ -25,7 +25,7 @@ struct TestDns {
 }
 
 impl TestDns {
-    async fn start() -> TestDns {
+    pub async fn start() -> TestDns {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let answers: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>> = Arc::default();
@@ -86,7 +86,7 @@ impl TestDns {
         }
     }
 
-    fn answer(&self, name: &str, ips: &[Ipv4Addr]) {
+    pub fn answer(&self, name: &str, ips: &[Ipv4Addr]) {
         self.answers
             .lock()
             .unwrap()

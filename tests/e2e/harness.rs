@@ -72,6 +72,11 @@ impl Gateway {
         Gateway::start_with(server_extra, body, &[], None).await
     }
 
+    /// `start` with extra `[server]` keys and environment variables.
+    pub async fn start_server_env(server_extra: &str, body: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_with(server_extra, body, env, None).await
+    }
+
     /// `start` under a descriptor limit (soft and hard), set with util-linux's
     /// `prlimit`, which then runs the gateway in its own process.
     pub async fn start_nofile(nofile: u64, body: &str) -> Gateway {

@@ -366,3 +366,97 @@ async fn health_checks_speak_tls_and_say_why_a_server_is_down() {
         "{log}"
     );
 }
+
+/// The shape of config/examples/deepseek.toml, end to end: clients over
+/// TLS; a hosted API reached by name (a test name server), over verified
+/// TLS and HTTP/2, with its key; when it says "server busy", the local
+/// pool answers instead, without the hosted pool's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_hosted_api_falls_back_to_the_local_pool() {
+    let pki = Pki::new("hosted");
+    let dns = crate::dns::TestDns::start().await;
+    dns.answer("api.hosted.test", &[std::net::Ipv4Addr::LOCALHOST]);
+    let hosted = tls_sim("hosted", &pki.server("api", &["api.hosted.test"]), true).await;
+    let local = sim("local").await;
+    let gateway_cert = pki.server("gateway", &["127.0.0.1"]);
+    let gw = Gateway::start_server_env(
+        &format!(
+            "resolver = [\"{}\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}",
+            dns.addr,
+            gateway_cert.cert.display(),
+            gateway_cert.key.display()
+        ),
+        &format!(
+            "{}{}{}[route.retry]\nattempts = 1\n",
+            pool_toml(
+                "hosted",
+                &[format!("api.hosted.test:{}", hosted.addr().port())],
+                &tls_pool(
+                    &pki,
+                    "host = \"api.hosted.test\"\napi_key_env = \"BALLAST_TEST_HOSTED_KEY\"",
+                ),
+            ),
+            pool_toml("local", &[local.addr().to_string()], ""),
+            route_toml(
+                "chat",
+                "/v1/",
+                "hosted",
+                "openai = true\nfallback = [{ pool = \"local\", model = \"local-int8\" }]"
+            ),
+        ),
+        &[("BALLAST_TEST_HOSTED_KEY", "sk-hosted-test")],
+    )
+    .await;
+    let member = format!("api.hosted.test:{} (127.0.0.1)", hosted.addr().port());
+    gw.wait_server(&member, "up", |s| s["state"] == "up").await;
+    let ca = reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let url = format!("https://{}/v1/chat/completions", gw.addr);
+
+    let r = client.post(&url).body(CHAT).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-sim-server"], "hosted");
+
+    hosted.set_fault(Fault {
+        kind: FaultKind::Status {
+            code: 503,
+            retry_after: Some("5".into()),
+        },
+        latency: None,
+        times: None,
+    });
+    let r = client
+        .post(&url)
+        .header("authorization", "Bearer client-own")
+        .body(CHAT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-sim-server"], "local");
+
+    let seen = hosted.stats().log;
+    assert_eq!(seen.len(), 2);
+    for rec in &seen {
+        assert_eq!(rec.version, "HTTP/2");
+        assert_eq!(
+            recorded_header(rec, "authorization"),
+            ["Bearer sk-hosted-test"]
+        );
+        assert_eq!(recorded_header(rec, "host"), ["api.hosted.test"]);
+    }
+    let fell_back = &local.stats().log[0];
+    assert_eq!(
+        recorded_header(fell_back, "authorization"),
+        ["Bearer client-own"]
+    );
+    assert!(!fell_back
+        .headers
+        .iter()
+        .any(|(_, v)| v.contains("sk-hosted-test")));
+}
