@@ -66,7 +66,7 @@ async fn check_loop(
 ) {
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let host = host.unwrap_or_else(|| server.addr.clone());
+    let host = host.unwrap_or_else(|| server.name.clone());
     loop {
         ticker.tick().await;
         let checked = check(&connector, &server, &cfg.path, &host);

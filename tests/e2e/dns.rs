@@ -152,7 +152,8 @@ async fn members_follow_the_names_answers_without_a_failed_request() {
             pool_toml(
                 "p",
                 std::slice::from_ref(&name),
-                "resolve_interval = \"200ms\"\nmax_fails = 0"
+                "resolve_interval = \"200ms\"\nmax_fails = 0\n\
+                 [pool.health]\ninterval = \"1s\"\nrise = 2\nfall = 2"
             ),
             route_toml("r", "/", "p", "")
         ),
@@ -196,6 +197,8 @@ async fn members_follow_the_names_answers_without_a_failed_request() {
         b.stats().requests >= 5
     })
     .await;
+    // It was checked before it was used.
+    assert!(b.stats().health_checks >= 1);
 
     dns.answer("backend.test", &[Ipv4Addr::new(127, 0, 0, 1)]);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
