@@ -82,18 +82,18 @@ async fn clients_get_answers_and_streams_over_http1_and_http2() {
         assert!(text.trim_end().ends_with("data: [DONE]"));
     }
 
-    // curl with the CA, both protocols.
-    for (flag, want) in [("--http1.1", "1.1"), ("--http2", "2")] {
+    // curl with the CA, both protocols, TLS 1.3 and 1.2.
+    let cases: [(&[&str], &str); 3] = [
+        (&["--http1.1", "--tlsv1.3"], "1.1"),
+        (&["--http2", "--tlsv1.3"], "2"),
+        (&["--http2", "--tls-max", "1.2"], "2"),
+    ];
+    for (flags, want) in cases {
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "20", "--cacert"])
             .arg(&pki.ca_file)
-            .args([
-                flag,
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} %{http_version}",
-            ])
+            .args(flags)
+            .args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}"])
             .arg(https(&gw, "/v1/models"))
             .output()
             .expect("curl runs");
@@ -122,7 +122,13 @@ async fn clients_get_answers_and_streams_over_http1_and_http2() {
         assert_eq!(v["ok"], true, "{v}");
         assert!(v["content"].as_str().unwrap().starts_with("tok0"), "{v}");
     }
-    assert_eq!(a.stats().requests, 8);
+    let paths: Vec<String> = a
+        .stats()
+        .log
+        .iter()
+        .map(|r| format!("{} {} {}", r.method, r.path, r.version))
+        .collect();
+    assert_eq!(a.stats().requests, 9, "{paths:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -460,3 +460,58 @@ async fn a_busy_hosted_api_falls_back_to_the_local_pool() {
         .iter()
         .any(|(_, v)| v.contains("sk-hosted-test")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_stream_is_ended_like_an_http1_one() {
+    let pki = Pki::new("stall");
+    let a = sim_with(
+        "a",
+        SimOptions {
+            tls: files(&pki.server("a", &["127.0.0.1"])),
+            http2: true,
+            token_interval: Duration::from_millis(5),
+            ..SimOptions::default()
+        },
+    )
+    .await;
+    a.set_fault(Fault::new(FaultKind::StallMidStream { after_tokens: 2 }));
+    let gw = Gateway::start(&format!(
+        "{}{}[route.timeouts]\nstream_idle = \"300ms\"\n",
+        pool_toml(
+            "p",
+            &[a.addr().to_string()],
+            &tls_pool(&pki, "max_fails = 0")
+        ),
+        route_toml("r", "/", "p", "openai = true")
+    ))
+    .await;
+    let r = post(&gw, "/v1/chat/completions", STREAM).await;
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    let mut clean = true;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => text.push_str(&String::from_utf8_lossy(&c)),
+            Err(_) => {
+                clean = false;
+                break;
+            }
+        }
+    }
+    assert!(!clean, "a stalled stream must not end cleanly: {text}");
+    assert!(text.contains("upstream_stream_interrupted"), "{text}");
+    assert_eq!(text.matches("chat.completion.chunk").count(), 2);
+    gw.wait_metric(
+        "ballast_stream_aborts_total",
+        &[("reason", "upstream_stalled")],
+        1.0,
+    )
+    .await;
+    // The gateway gave up on the stream: the backend saw it reset.
+    wait_until("the stalled stream was never reset", || {
+        a.stats().streams_reset == 1
+    })
+    .await;
+    assert_eq!(a.stats().http2_requests, 1);
+}
