@@ -47,8 +47,10 @@ pub fn init_logging(format: LogFormat, level: &str) {
 }
 
 /// Pingora logs every client hang-up as an error; keep its noise at warn.
+/// rustls warns about what clients send (an IP address as SNI, which curl
+/// and wrk do), once per handshake: only its errors are logged.
 fn default_filter(level: &str) -> String {
-    format!("{level},pingora_core=warn,pingora=warn")
+    format!("{level},pingora_core=warn,pingora=warn,rustls=error")
 }
 
 /// Resolve pool credentials from the environment (checked by config load).

@@ -251,3 +251,50 @@ async fn the_certificates_expiry_is_exported_and_shown() {
         .unwrap()
         .ends_with("gateway.pem"));
 }
+
+/// A client that sends an IP address as SNI (wrk, `openssl s_client`) is
+/// served, and the handshake leaves nothing in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ip_address_as_sni_is_served_without_log_noise() {
+    let pki = Pki::new("sni");
+    let a = sim("a").await;
+    let gw = tls_gateway(&pki, &a.addr().to_string(), "").await;
+    let addr = gw.addr.to_string();
+    let ca = pki.ca_file.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-quiet",
+                "-connect",
+                &addr,
+                "-servername",
+                "127.0.0.1",
+            ])
+            .arg("-CAfile")
+            .arg(&ca)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("openssl runs");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        out
+    })
+    .await
+    .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.starts_with("HTTP/1.1 200"),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = gw.log();
+    assert!(!log.contains("SNI"), "{log}");
+}
