@@ -114,7 +114,8 @@ fn load_listener_tls(config: &Config) -> anyhow::Result<Option<crate::tls::Liste
 /// Health checks and DNS refreshes: one task each per pool that needs it.
 struct Prober {
     pools: Vec<Arc<Pool>>,
-    resolver: Arc<hickory_resolver::TokioResolver>,
+    /// Only when some server is given by name.
+    resolver: Option<Arc<hickory_resolver::TokioResolver>>,
 }
 
 #[async_trait]
@@ -125,10 +126,11 @@ impl BackgroundService for Prober {
             .iter()
             .filter(|p| p.health.is_some())
             .map(|p| tokio::spawn(prober::run(p.clone())));
-        let lookups = self
-            .pools
-            .iter()
-            .map(|p| tokio::spawn(crate::pool::dns::run(p.clone(), self.resolver.clone())));
+        let lookups = self.resolver.iter().flat_map(|resolver| {
+            self.pools
+                .iter()
+                .map(|p| tokio::spawn(crate::pool::dns::run(p.clone(), resolver.clone())))
+        });
         let tasks: Vec<_> = checks.chain(lookups).collect();
         let _ = shutdown.changed().await;
         for t in tasks {
@@ -244,7 +246,15 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     admin.threads = Some(1);
     admin.add_tcp(&config.admin.listen);
 
-    let resolver = Arc::new(crate::pool::dns::resolver(&config.server)?);
+    let names = config
+        .pools
+        .iter()
+        .flat_map(|p| &p.servers)
+        .any(|s| s.is_name);
+    let resolver = match names {
+        true => Some(Arc::new(crate::pool::dns::resolver(&config.server)?)),
+        false => None,
+    };
     let mut prober =
         background_service("ballast health checks and DNS", Prober { pools, resolver });
     prober.threads = Some(1);

@@ -81,9 +81,9 @@ pub fn classify(e: &Error) -> Outcome {
     }
 }
 
-/// Classify a failure to connect; a TLS one is logged with its reason
+/// Classify a failed attempt; a TLS failure is logged with its reason
 /// (unknown issuer, name mismatch, expired…): never silently downgraded.
-fn connect_failed(peer: &HttpPeer, e: &Error) -> Outcome {
+fn failed(peer: &HttpPeer, e: &Error) -> Outcome {
     if let Some(reason) = crate::tls::failure_reason(e) {
         tracing::warn!(
             server = %peer._address,
@@ -117,7 +117,7 @@ pub async fn run(
     let (session, reused) = connector
         .get_http_session(&peer)
         .await
-        .map_err(|e| connect_failed(&peer, &e))?;
+        .map_err(|e| failed(&peer, &e))?;
     if !reused && !upgrade {
         server.note_protocol(matches!(session, HttpSession::H2(_)));
     }
@@ -136,7 +136,7 @@ pub async fn run(
             let (session, _) = connector
                 .get_http_session(&peer)
                 .await
-                .map_err(|e| connect_failed(&peer, &e))?;
+                .map_err(|e| failed(&peer, &e))?;
             exchange(session, req, body, limits, &peer)
                 .await
                 .map_err(|(outcome, _)| outcome)
@@ -174,7 +174,7 @@ async fn exchange(
     limits: &Limits,
     peer: &HttpPeer,
 ) -> Result<Answer, (Outcome, Phase)> {
-    let classify = |e: &Error| connect_failed(peer, e);
+    let classify = |e: &Error| failed(peer, e);
     let work = async {
         session
             .write_request_header(Box::new(req.clone()))
