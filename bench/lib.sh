@@ -5,6 +5,11 @@
 # It sets BENCH_DIR, REPO_DIR and RESULTS_DIR and defines:
 #   log, die                       messages on stderr ("[bench] ...")
 #   apt_install PKG...             apt-get install (with sudo when not root)
+#   need_tools CMD:PKG...          install the packages of missing commands (and
+#                                  cmake when ballast is to be built); sets NGINX
+#                                  when nginx is among them
+#   nginx_temp_paths DIR           nginx *_temp_path lines into DIR for the
+#                                  modules this nginx has
 #   build_ballast                  sets BIN: $BALLAST_BIN, or cargo build --release
 #   setup_workdir                  WORK temp dir + EXIT/INT/TERM traps that stop
 #                                  everything started with start_bg
@@ -32,6 +37,32 @@ apt_install() { # apt_install PKG...: install with apt-get (sudo when not root)
     log "installing: $*"
     "${sudo[@]}" apt-get update
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "$@"
+}
+
+need_tools() { # need_tools CMD:PKG...
+    local need=() spec
+    for spec in "$@"; do
+        if [[ ${spec%%:*} == nginx ]]; then
+            command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=("${spec#*:}")
+        else
+            command -v "${spec%%:*}" >/dev/null 2>&1 || need+=("${spec#*:}")
+        fi
+    done
+    if [[ -z ${BALLAST_BIN:-} ]]; then
+        command -v cmake >/dev/null 2>&1 || need+=(cmake)
+    fi
+    apt_install "${need[@]}"
+    NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
+}
+
+nginx_temp_paths() { # nginx_temp_paths DIR: temp paths of the modules compiled in, under DIR
+    local dir=$1 v m
+    v=$("$NGINX" -V 2>&1 || true)
+    printf 'client_body_temp_path %s/nginx-body;\n    proxy_temp_path %s/nginx-proxy;' "$dir" "$dir"
+    for m in fastcgi uwsgi scgi; do
+        [[ $v == *"--without-http_${m}_module"* ]] ||
+            printf '\n    %s_temp_path %s/nginx-%s;' "$m" "$dir" "$m"
+    done
 }
 
 build_ballast() { # sets BIN

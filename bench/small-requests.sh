@@ -21,17 +21,7 @@ LOAD_PATH=/v1/models
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------- prerequisites
-have_nginx() { command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]]; }
-need=()
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-have_nginx || need+=(nginx-light)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-if [[ -z ${BALLAST_BIN:-} ]]; then
-    command -v cmake >/dev/null 2>&1 || need+=(cmake)
-fi
-apt_install "${need[@]}"
-NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
+need_tools wrk:wrk nginx:nginx-light curl:curl python3:python3
 
 build_ballast
 
@@ -90,16 +80,8 @@ wait_http "http://127.0.0.1:$ADMIN_PORT/healthz" "$BALLAST_PID" "ballast"
 wait_http "http://127.0.0.1:$BALLAST_PORT$LOAD_PATH" "$BALLAST_PID" "ballast"
 
 # ---------------------------------------------------------------- nginx
-# Temp paths of modules compiled in must point into the work dir; nginx-light
-# may leave some modules out.
-nginx_v=$("$NGINX" -V 2>&1 || true)
-temp_paths="client_body_temp_path $WORK/nginx-body;
-    proxy_temp_path $WORK/nginx-proxy;"
-for m in fastcgi uwsgi scgi; do
-    [[ $nginx_v == *"--without-http_${m}_module"* ]] ||
-        temp_paths+="
-    ${m}_temp_path $WORK/nginx-$m;"
-done
+# Temp paths of modules compiled in must point into the work dir.
+temp_paths=$(nginx_temp_paths "$WORK")
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes $THREADS;
 pid $WORK/nginx.pid;

@@ -20,18 +20,7 @@ LOAD_PATH=/v1/models
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-have_nginx() { command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]]; }
-need=()
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-have_nginx || need+=(nginx-light)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-if [[ -z ${BALLAST_BIN:-} ]]; then
-    command -v cmake >/dev/null 2>&1 || need+=(cmake)
-fi
-apt_install "${need[@]}"
-NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
+need_tools wrk:wrk nginx:nginx-light curl:curl python3:python3 openssl:openssl
 
 build_ballast
 setup_workdir
@@ -115,13 +104,7 @@ wait_https "https://127.0.0.1:$B_TLS$LOAD_PATH" "$BALLAST_TLS_PID" "ballast (TLS
 # ---------------------------------------------------------------- nginx: both listeners
 nginx_v=$("$NGINX" -V 2>&1 || true)
 [[ $nginx_v == *http_ssl_module* ]] || die "this nginx has no TLS (http_ssl_module)"
-temp_paths="client_body_temp_path $WORK/nginx-body;
-    proxy_temp_path $WORK/nginx-proxy;"
-for m in fastcgi uwsgi scgi; do
-    [[ $nginx_v == *"--without-http_${m}_module"* ]] ||
-        temp_paths+="
-    ${m}_temp_path $WORK/nginx-$m;"
-done
+temp_paths=$(nginx_temp_paths "$WORK")
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes $THREADS;
 pid $WORK/nginx.pid;

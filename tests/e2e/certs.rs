@@ -95,7 +95,16 @@ impl Pki {
         self.issue(file, &[name], true, false)
     }
 
-    pub fn ca_pem(&self) -> String {
-        self.ca.pem()
+    /// An HTTPS client that trusts this CA only (HTTP/2 by ALPN unless
+    /// `http1`).
+    pub fn https_client(&self, http1: bool) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(self.ca.pem().as_bytes()).expect("CA PEM");
+        let b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .timeout(std::time::Duration::from_secs(30));
+        let b = if http1 { b.http1_only() } else { b };
+        b.build().expect("HTTPS client")
     }
 }

@@ -8,7 +8,7 @@ use crate::harness::*;
 use futures_util::StreamExt;
 use std::process::Command;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const STREAM: &str =
     r#"{"model":"sim-model","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
@@ -37,14 +37,7 @@ fn https(gw: &Gateway, path: &str) -> String {
 }
 
 fn client(pki: &Pki, http1: bool) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap();
-    let b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .timeout(Duration::from_secs(30));
-    let b = if http1 { b.http1_only() } else { b };
-    b.build().unwrap()
+    pki.https_client(http1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,23 +172,6 @@ async fn the_wrong_protocol_on_either_port_is_refused_cleanly() {
     assert_eq!(a.stats().requests, 2);
 }
 
-/// Read until the gateway closes the connection; `false` if it does not
-/// within 10 s.
-async fn closed_by_gateway(conn: &mut tokio::net::TcpStream) -> bool {
-    let mut buf = [0u8; 1024];
-    let wait = async {
-        loop {
-            match conn.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), wait)
-        .await
-        .is_ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_that_never_finishes_is_closed_after_header_timeout() {
     let pki = Pki::new("slow");
@@ -203,13 +179,15 @@ async fn a_handshake_that_never_finishes_is_closed_after_header_timeout() {
     let gw = tls_gateway(&pki, &a.addr().to_string(), "header_timeout = \"300ms\"").await;
     // Nothing at all, then half a ClientHello.
     let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    assert!(closed_by_gateway(&mut silent).await);
+    let reply = read_until_closed(&mut silent, Duration::from_secs(10)).await;
+    assert!(reply.closed && reply.bytes.is_empty());
     let mut partial = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     partial
         .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
         .await
         .unwrap();
-    assert!(closed_by_gateway(&mut partial).await);
+    let reply = read_until_closed(&mut partial, Duration::from_secs(10)).await;
+    assert!(reply.closed && reply.bytes.is_empty());
     assert!(
         gw.metric(
             "ballast_connections_refused_total",

@@ -409,13 +409,7 @@ async fn a_busy_hosted_api_falls_back_to_the_local_pool() {
     .await;
     let member = format!("api.hosted.test:{} (127.0.0.1)", hosted.addr().port());
     gw.wait_server(&member, "up", |s| s["state"] == "up").await;
-    let ca = reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap();
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .build()
-        .unwrap();
+    let client = pki.https_client(false);
     let url = format!("https://{}/v1/chat/completions", gw.addr);
 
     let r = client.post(&url).body(CHAT).send().await.unwrap();
