@@ -63,12 +63,14 @@ impl Admin {
     /// Gauges that describe state are read from the pools at scrape time,
     /// so they can never drift from what selection sees.
     fn refresh_gauges(&self, now: Instant) {
+        let set = |pool: &Pool, s: &crate::pool::Server| {
+            let up = s.availability(now).is_usable();
+            let cooling = s.cooldown_left(now).as_secs_f64();
+            metrics::set_server_state(&pool.name, &s.addr, s.outstanding(), up, cooling);
+        };
         for pool in &self.pools {
-            for s in pool.servers().iter() {
-                let up = s.availability(now).is_usable();
-                let cooling = s.cooldown_left(now).as_secs_f64();
-                metrics::set_server_state(&pool.name, &s.addr, s.outstanding(), up, cooling);
-            }
+            // Draining members too: their requests in flight still count.
+            pool.for_each_server(|s| set(pool, s));
         }
     }
 }

@@ -167,6 +167,9 @@ impl Pool {
         let Some(cfg) = self.config.servers.get(entry) else {
             return MemberChange::default();
         };
+        // Held across the swap: `for_each_server` sees a member either
+        // among the members or among the draining, never in between.
+        let mut draining = self.draining();
         let current = self.servers();
         let now: Vec<(usize, SocketAddr)> = current.iter().map(|s| (s.entry, s.socket)).collect();
         let plan = members::plan(&now, entry, addrs);
@@ -179,7 +182,7 @@ impl Pool {
             if plan.drain.contains(&i) {
                 s.drain();
                 change.drained.push(s.addr.clone());
-                self.draining().push(s.clone());
+                draining.push(s.clone());
             } else {
                 next.push(s.clone());
             }
@@ -199,6 +202,7 @@ impl Pool {
             next.push(s);
         }
         self.members.store(Arc::new(next));
+        drop(draining);
         self.changed.send_modify(|n| *n += 1);
         change
     }
@@ -206,8 +210,12 @@ impl Pool {
     /// Forget drained members whose last request has ended (and their
     /// metric series); returns their labels.
     pub fn sweep_drained(&self) -> Vec<String> {
+        let members = self.servers();
+        // Under the lock: a scrape (`for_each_draining`) cannot set a
+        // series again after it is removed.
+        let mut draining = self.draining();
         let mut gone = Vec::new();
-        self.draining().retain(|s| {
+        draining.retain(|s| {
             let idle = s.outstanding() == 0;
             if idle {
                 gone.push(s.addr.clone());
@@ -217,11 +225,21 @@ impl Pool {
         for label in &gone {
             // A member of another entry may carry the same label (the same
             // name listed twice resolves alike): keep its series then.
-            if !self.servers().iter().any(|s| &s.addr == label) {
+            if !members.iter().any(|s| &s.addr == label) {
                 metrics::remove_server(&self.name, label);
             }
         }
         gone
+    }
+
+    /// Run `f` on every member, then on every draining one, while no
+    /// member can leave or be swept (a scrape never brings back the series
+    /// of a member already gone).
+    pub fn for_each_server(&self, mut f: impl FnMut(&Server)) {
+        let draining = self.draining();
+        for s in self.members.load().iter().chain(draining.iter()) {
+            f(s);
+        }
     }
 
     /// Lease the best usable server, preferring ones not in `tried`
