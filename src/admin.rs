@@ -2,37 +2,34 @@
 //! `/readyz` (every route has a usable server) and `/status` (JSON view of
 //! every pool and server).
 
-use crate::config::Config;
+use crate::generation::{Current, Generation};
 use crate::metrics;
 use crate::pool::Pool;
 use async_trait::async_trait;
 use http::Response;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
-use std::sync::Arc;
 use std::time::Instant;
 
 pub struct Admin {
-    config: Arc<Config>,
-    pools: Vec<Arc<Pool>>,
+    current: Current,
     /// The client listeners' certificate expiry (Unix seconds), with TLS.
     cert_expires: Option<i64>,
 }
 
 impl Admin {
-    pub fn new(config: Arc<Config>, pools: Vec<Arc<Pool>>, cert_expires: Option<i64>) -> Self {
+    pub fn new(current: Current, cert_expires: Option<i64>) -> Self {
         Admin {
-            config,
-            pools,
+            current,
             cert_expires,
         }
     }
 
     /// The client listeners' TLS: certificate file and expiry.
-    fn tls_json(&self) -> serde_json::Value {
-        match (&self.config.server.tls, self.cert_expires) {
+    fn tls_json(&self, gen: &Generation) -> serde_json::Value {
+        match (&gen.config.server.tls, self.cert_expires) {
             (Some(files), Some(expires)) => serde_json::json!({
-                "listeners": self.config.server.listen,
+                "listeners": gen.config.server.listen,
                 "cert": files.cert.display().to_string(),
                 "expires_at": crate::tls::pem::rfc3339(expires),
                 "expires_at_unix": expires,
@@ -42,21 +39,23 @@ impl Admin {
     }
 
     /// Routes whose pool has no usable server right now.
-    fn unready_routes(&self, now: Instant) -> Vec<&str> {
-        self.config
+    fn unready_routes(gen: &Generation, now: Instant) -> Vec<&str> {
+        gen.config
             .routes
             .iter()
-            .filter(|r| !self.pools[r.pool].has_usable(now))
+            .filter(|r| !gen.pools[r.pool].has_usable(now))
             .map(|r| r.name.as_str())
             .collect()
     }
 
     fn status_json(&self, now: Instant) -> serde_json::Value {
-        let pools: Vec<_> = self.pools.iter().map(|p| p.snapshot(now)).collect();
+        let gen = self.current.load_full();
+        let pools: Vec<_> = gen.pools.iter().map(|p| p.snapshot(now)).collect();
         serde_json::json!({
+            "generation": gen.number,
             "pools": pools,
-            "unready_routes": self.unready_routes(now),
-            "tls": self.tls_json(),
+            "unready_routes": Admin::unready_routes(&gen, now),
+            "tls": self.tls_json(&gen),
         })
     }
 
@@ -68,7 +67,7 @@ impl Admin {
             let cooling = s.cooldown_left(now).as_secs_f64();
             metrics::set_server_state(&pool.name, &s.addr, s.outstanding(), up, cooling);
         };
-        for pool in &self.pools {
+        for pool in &self.current.load().pools {
             // Draining members too: their requests in flight still count.
             pool.for_each_server(|s| set(pool, s));
         }
@@ -97,7 +96,8 @@ impl ServeHttp for Admin {
             }
             "/healthz" => respond(200, "text/plain", "ok\n".into()),
             "/readyz" => {
-                let unready = self.unready_routes(now);
+                let gen = self.current.load_full();
+                let unready = Admin::unready_routes(&gen, now);
                 if unready.is_empty() {
                     respond(200, "text/plain", "ready\n".into())
                 } else {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod descriptors;
 pub mod error;
+pub mod generation;
 pub mod metrics;
 pub mod openai;
 pub mod outcome;

@@ -3,6 +3,7 @@
 
 use crate::admin::Admin;
 use crate::config::{Config, LogFormat};
+use crate::generation::Generation;
 use crate::metrics;
 use crate::pool::{prober, Pool};
 use crate::proxy::{Connections, Gateway};
@@ -218,6 +219,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let pools = build_pools(&config)?;
     let listener_tls = load_listener_tls(&config)?;
+    let current = Generation::first(config.clone(), pools.clone()).into_current();
     let cert_expires = listener_tls.as_ref().map(|t| t.expires);
     check_listeners(&config)?;
     exit_if_a_listener_fails();
@@ -233,7 +235,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
 
     let mut gateway = Service::new(
         "ballast gateway".to_string(),
-        Connections::new(Gateway::new(config.clone(), pools.clone()), listener_tls),
+        Connections::new(Gateway::new(current.clone()), listener_tls),
     );
     for addr in &config.server.listen {
         gateway.add_tcp_with_settings(addr, client_socket_options());
@@ -241,7 +243,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
 
     let mut admin = Service::new(
         "ballast admin".to_string(),
-        HttpServer::new_app(Admin::new(config.clone(), pools.clone(), cert_expires)),
+        HttpServer::new_app(Admin::new(current.clone(), cert_expires)),
     );
     admin.threads = Some(1);
     admin.add_tcp(&config.admin.listen);

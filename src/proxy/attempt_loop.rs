@@ -11,6 +11,7 @@ use super::respond::{self, Forwarded};
 use super::{fallback, headers, upgrade, Gateway};
 use crate::config::{Priority, RouteConfig};
 use crate::error::{retry_after_secs, GatewayError};
+use crate::generation::Generation;
 use crate::metrics;
 use crate::outcome::Outcome;
 use crate::pool::{Lease, Pool, Shed};
@@ -60,16 +61,17 @@ impl Gateway {
     /// returns whether the client connection may be reused.
     pub(super) async fn attempt_loop<'a>(
         &'a self,
+        gen: &'a Generation,
         session: &mut ServerSession,
         log: &mut AccessLog<'a>,
         req: Request<'_>,
     ) -> bool {
-        let route = &self.config.routes[req.route_idx];
+        let route = &gen.config.routes[req.route_idx];
         let chain = std::iter::once((route.pool, None))
             .chain(route.fallback.iter().map(|f| (f.pool, f.model.as_deref())));
         let mut verdict = None;
         for (pool_idx, model) in chain {
-            let pool = &self.pools[pool_idx];
+            let pool = &gen.pools[pool_idx];
             // Built per pool: its own Host and credential, never another's.
             let head = headers::for_pool(req.head, &pool.upstream_headers);
             let (head, body) = match model {
@@ -89,7 +91,7 @@ impl Gateway {
             // Whatever the previous pool left is superseded.
             drop(verdict.take());
             match self
-                .serve_from(session, log, route, pool, &req, &head, &body)
+                .serve_from(gen, session, log, route, pool, &req, &head, &body)
                 .await
             {
                 PoolEnd::Done(reuse) => return reuse,
@@ -104,7 +106,7 @@ impl Gateway {
             // Only reachable when no pool could even be tried.
             None => {
                 let err = GatewayError::no_capacity(
-                    &self.pools[route.pool].name,
+                    &gen.pools[route.pool].name,
                     std::time::Duration::from_secs(1),
                 );
                 self.reply(session, log, &err).await
@@ -115,6 +117,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     async fn serve_from<'a>(
         &'a self,
+        gen: &Generation,
         session: &mut ServerSession,
         log: &mut AccessLog<'a>,
         route: &RouteConfig,
@@ -184,7 +187,7 @@ impl Gateway {
                 }
             };
             if log.attempts == 0 {
-                self.budget(req.route_idx).record_first(now);
+                gen.budget(req.route_idx).record_first(now);
             }
             let server = lease.server().clone();
             log.attempts += 1;
@@ -226,7 +229,7 @@ impl Gateway {
             };
             let mut next = retry::decide(&route.retry, outcome, situation, &mut rand::thread_rng());
             if matches!(next, Next::Now | Next::After(_))
-                && !self.budget(req.route_idx).try_retry(now)
+                && !gen.budget(req.route_idx).try_retry(now)
             {
                 metrics::retry(&route.name, "budget_exhausted");
                 next = Next::Stop(Stop::AttemptsExhausted);
@@ -355,12 +358,6 @@ impl Gateway {
         log.forwarded = Some(end);
         drop(lease);
         end == Forwarded::Complete
-    }
-
-    fn budget(&self, route_idx: usize) -> std::sync::MutexGuard<'_, retry::RetryBudget> {
-        self.budgets[route_idx]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -58,7 +58,7 @@ impl Connections {
 
     /// A place among the open connections, or `None` when all are taken.
     fn admit(&self) -> Option<OpenConnection<'_>> {
-        let max = self.gateway.config.limits.max_connections;
+        let max = self.gateway.current.load().config.limits.max_connections;
         let taken = self
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -80,7 +80,8 @@ impl Connections {
             tracing::warn!("connection of an unexpected kind closed");
             return;
         };
-        let limits = &self.gateway.config.limits;
+        let gen = self.gateway.current.load_full();
+        let limits = &gen.config.limits;
         let Some(tls) = &self.tls else {
             let h2c = self.gateway.server_options.h2c;
             return self.serve_http(tcp, accepted, h2c, shutdown).await;
@@ -128,7 +129,8 @@ impl Connections {
         h2: bool,
         shutdown: &ShutdownWatch,
     ) {
-        let limits = &self.gateway.config.limits;
+        let gen = self.gateway.current.load_full();
+        let limits = &gen.config.limits;
         let mut head_limits = HeadLimits {
             first_byte_by: accepted + limits.header_timeout,
             header_timeout: limits.header_timeout,

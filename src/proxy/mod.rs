@@ -17,12 +17,10 @@ mod respond;
 mod rewound;
 mod upgrade;
 
-use crate::config::{Config, Priority};
+use crate::config::Priority;
 use crate::error::GatewayError;
-use crate::pool::Pool;
+use crate::generation::{Current, Generation};
 use crate::redact::Redacted;
-use crate::retry::RetryBudget;
-use crate::route::RouteTable;
 use access_log::AccessLog;
 use async_trait::async_trait;
 use pingora_core::apps::{
@@ -33,18 +31,16 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_timeout::fast_timeout::fast_timeout;
 use request::ReadError;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub use connection::Connections;
 pub use headers::gateway_owned as gateway_owned_header;
 
 pub struct Gateway {
-    config: Arc<Config>,
-    routes: RouteTable,
-    /// Per route, in config order: the retry budget.
-    budgets: Vec<Mutex<RetryBudget>>,
-    pools: Vec<Arc<Pool>>,
+    /// Routes, pools and budgets in force; each request keeps the one it
+    /// started with.
+    current: Current,
     connector: Connector,
     server_options: HttpServerOptions,
     /// Request bytes held across all connections.
@@ -52,31 +48,34 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: Arc<Config>, pools: Vec<Arc<Pool>>) -> Self {
+    pub fn new(current: Current) -> Self {
+        let config = current.load().config.clone();
         let mut server_options = HttpServerOptions::default();
         server_options.h2c = true;
         // An HTTP/2 connection with nothing in flight is closed like an idle
         // HTTP/1 one.
         server_options.h2_idle_timeout = Some(config.limits.keepalive_idle);
-        let now = Instant::now();
         Gateway {
-            routes: RouteTable::new(&config.routes),
-            budgets: config
-                .routes
-                .iter()
-                .map(|r| Mutex::new(RetryBudget::new(r.retry.budget, now)))
-                .collect(),
             buffers: buffered::BufferBudget::new(config.limits.max_buffered_bytes),
-            config,
-            pools,
+            current,
             connector: Connector::new(None),
             server_options,
         }
     }
 
+    /// The generation in force now.
+    fn generation(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
     /// Serve one request; returns whether the client connection may be reused.
-    async fn handle<'a>(&'a self, session: &mut ServerSession, log: &mut AccessLog<'a>) -> bool {
-        let limits = &self.config.limits;
+    async fn handle<'a>(
+        &'a self,
+        gen: &'a Generation,
+        session: &mut ServerSession,
+        log: &mut AccessLog<'a>,
+    ) -> bool {
+        let limits = &gen.config.limits;
         if let Err(e) = request::check_head(session.req_header(), limits) {
             return self.reject(session, log, &e).await;
         }
@@ -84,7 +83,7 @@ impl Gateway {
             return self.reject(session, log, &e).await;
         }
         let path = session.req_header().uri.path().to_owned();
-        if !self.routes.path_matches(&path) {
+        if !gen.routes.path_matches(&path) {
             let keep = session.is_body_empty();
             let ok = self
                 .reply(session, log, &GatewayError::no_route(&path))
@@ -94,7 +93,7 @@ impl Gateway {
         // The route may depend on the body (its model): until it is known,
         // the body may take as long as the most patient candidate allows,
         // and never longer than body_timeout.
-        let route_total = self
+        let route_total = gen
             .config
             .routes
             .iter()
@@ -129,7 +128,7 @@ impl Gateway {
                 return self.reject(session, log, &err).await;
             }
         };
-        let prepared = match edge::prepare(&self.config, &self.routes, session.req_header(), wire) {
+        let prepared = match edge::prepare(&gen.config, &gen.routes, session.req_header(), wire) {
             Ok(p) => p,
             Err(e) => return self.reply(session, log, &e).await,
         };
@@ -142,8 +141,8 @@ impl Gateway {
         }
         let route_idx = prepared.route_idx;
         let body = prepared.body;
-        let route = &self.config.routes[route_idx];
-        let pool = &self.pools[route.pool];
+        let route = &gen.config.routes[route_idx];
+        let pool = &gen.pools[route.pool];
         log.route = Some(&route.name);
         log.pool = Some(&pool.name);
         let deadline = log.start + route.timeouts.total;
@@ -161,7 +160,7 @@ impl Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_canonical());
         let trusted = client_ip.is_some_and(|ip| {
-            self.config
+            gen.config
                 .server
                 .trusted_proxies
                 .iter()
@@ -195,7 +194,7 @@ impl Gateway {
             priority: priority(route, session.req_header()),
             upgrade: upgrade.as_ref(),
         };
-        self.attempt_loop(session, log, request).await
+        self.attempt_loop(gen, session, log, request).await
     }
 
     /// Answer with a gateway error; the connection stays usable if the
@@ -273,8 +272,9 @@ impl Gateway {
         if *shutdown.borrow() {
             session.set_keepalive(None);
         }
+        let gen = self.generation();
         let mut log = AccessLog::new(&session);
-        let reusable = self.handle(&mut session, &mut log).await;
+        let reusable = self.handle(&gen, &mut session, &mut log).await;
         log.finish();
         if !reusable {
             return None;
@@ -301,7 +301,7 @@ impl HttpServerApp for Gateway {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match request::read_head(&mut session, &self.config.limits).await {
+        match request::read_head(&mut session, &self.generation().config.limits).await {
             Ok(true) => {}
             Ok(false) | Err(_) => return None,
         }
