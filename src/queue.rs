@@ -58,6 +58,11 @@ impl<T> WaitQueue<T> {
         self.classes.iter().map(VecDeque::len).sum()
     }
 
+    /// A new bound (a reload): waiters already queued stay, even past it.
+    pub fn set_max_depth(&mut self, max_depth: usize) {
+        self.max_depth = max_depth;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.classes.iter().all(VecDeque::is_empty)
     }

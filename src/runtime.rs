@@ -9,7 +9,6 @@ use crate::pool::{prober, Pool};
 use crate::proxy::{Connections, Gateway};
 use anyhow::Context;
 use async_trait::async_trait;
-use http::HeaderValue;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::protocols::TcpKeepalive;
@@ -52,50 +51,6 @@ pub fn init_logging(format: LogFormat, level: &str) {
 /// and wrk do), once per handshake: only its errors are logged.
 fn default_filter(level: &str) -> String {
     format!("{level},pingora_core=warn,pingora=warn,rustls=error")
-}
-
-/// Resolve pool credentials from the environment (checked by config load).
-fn build_pools(config: &Config) -> anyhow::Result<Vec<Arc<Pool>>> {
-    config
-        .pools
-        .iter()
-        .map(|p| {
-            let credential = match &p.api_key_env {
-                Some(var) => Some(pool_credential(&p.name, var, &p.api_key_header)?),
-                None => None,
-            };
-            metrics::register_pool(&p.name);
-            let tls = crate::tls::UpstreamTls::load(p, std::time::SystemTime::now())
-                .map_err(|e| anyhow::anyhow!("pool '{}': {e}", p.name))?;
-            let pool = Pool::new(p, credential, tls.map(Arc::new));
-            for s in pool.servers().iter() {
-                metrics::register_server(&p.name, &s.addr);
-            }
-            Ok(Arc::new(pool))
-        })
-        .collect()
-}
-
-/// The value of the pool's key header from the environment variable `var`
-/// (`Bearer <key>` in `Authorization`, the bare key in any other header),
-/// marked sensitive. Errors name the pool and the variable, never the value.
-fn pool_credential(
-    pool: &str,
-    var: &str,
-    header: &http::HeaderName,
-) -> anyhow::Result<HeaderValue> {
-    let key = std::env::var(var)
-        .with_context(|| format!("pool '{pool}': api_key_env {var} is not set"))?;
-    let text = if header == http::header::AUTHORIZATION {
-        format!("Bearer {}", key.trim())
-    } else {
-        key.trim().to_owned()
-    };
-    let mut value = HeaderValue::from_str(&text).map_err(|_| {
-        anyhow::anyhow!("pool '{pool}': api_key_env {var} holds characters a header cannot carry")
-    })?;
-    value.set_sensitive(true);
-    Ok(value)
 }
 
 /// The client listeners' certificate (checked by config load; read again
@@ -217,7 +172,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     metrics::init();
     fit_connections_to_descriptors(&mut config);
     let config = Arc::new(config);
-    let pools = build_pools(&config)?;
+    let pools = crate::generation::build_pools(&config)?;
     let listener_tls = load_listener_tls(&config)?;
     let current = Generation::first(config.clone(), pools.clone()).into_current();
     let cert_expires = listener_tls.as_ref().map(|t| t.expires);

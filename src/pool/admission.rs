@@ -7,15 +7,16 @@ use super::Lease;
 use crate::config::{Priority, QueueConfig};
 use crate::metrics;
 use crate::queue::{DrainRate, Pushed, Ticket, WaitQueue};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub struct Admission {
     pool: String,
-    pub max_wait: Duration,
-    enabled: bool,
+    /// `max_wait` in milliseconds (a reload may change it).
+    max_wait_ms: AtomicU64,
+    enabled: AtomicBool,
     state: Mutex<State>,
     /// Mirror of the queue's length, read without the lock on every release.
     waiting: AtomicUsize,
@@ -47,12 +48,16 @@ impl Shed {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Admission {
     pub fn new(pool: &str, cfg: &QueueConfig, now: Instant) -> Self {
         Admission {
             pool: pool.to_owned(),
-            max_wait: cfg.max_wait,
-            enabled: cfg.max_depth > 0,
+            max_wait_ms: AtomicU64::new(millis(cfg.max_wait)),
+            enabled: AtomicBool::new(cfg.max_depth > 0),
             state: Mutex::new(State {
                 queue: WaitQueue::new(cfg.max_depth as usize),
                 drain: DrainRate::new(now),
@@ -68,7 +73,20 @@ impl Admission {
     }
 
     pub fn enabled(&self) -> bool {
-        self.enabled
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Longest wait in the queue.
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms.load(Ordering::Relaxed))
+    }
+
+    /// New queue settings (a reload); waiters stay queued.
+    pub fn reconfigure(&self, cfg: &QueueConfig) {
+        self.max_wait_ms
+            .store(millis(cfg.max_wait), Ordering::Relaxed);
+        self.enabled.store(cfg.max_depth > 0, Ordering::Relaxed);
+        self.state().queue.set_max_depth(cfg.max_depth as usize);
     }
 
     pub fn has_waiters(&self) -> bool {
@@ -88,7 +106,7 @@ impl Admission {
     /// When a request turned away now could come back.
     pub fn retry_after(&self, now: Instant) -> Duration {
         let st = self.state();
-        st.drain.retry_after(st.queue.len(), now, self.max_wait)
+        st.drain.retry_after(st.queue.len(), now, self.max_wait())
     }
 
     /// Join the queue to wait at most `limit`, or be turned away at once.

@@ -31,6 +31,13 @@ pub struct Ejection {
 }
 
 impl Ejection {
+    /// New settings (a reload): the count, window and any ejection in
+    /// force stay as they are.
+    pub fn reconfigure(&mut self, max_fails: u32, fail_timeout: Duration) {
+        self.max_fails = max_fails;
+        self.fail_timeout = fail_timeout;
+    }
+
     pub fn new(max_fails: u32, fail_timeout: Duration) -> Self {
         Ejection {
             max_fails,

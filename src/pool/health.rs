@@ -44,6 +44,12 @@ impl HealthState {
         self.up
     }
 
+    /// New thresholds (a reload); up or down stays as it is.
+    pub fn reconfigure(&mut self, rise: u32, fall: u32) {
+        self.rise = rise.max(1);
+        self.fall = fall.max(1);
+    }
+
     /// Feed one check result.
     pub fn record(&mut self, passed: bool) -> Transition {
         if passed == self.up {

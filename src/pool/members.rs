@@ -76,3 +76,110 @@ mod tests {
         assert_eq!((p.add.len(), p.drain.len()), (2, 0));
     }
 }
+
+/// How a pool's members carry into a new config (a reload).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Carry {
+    /// (index into the current members, entry it belongs to now).
+    pub keep: Vec<(usize, usize)>,
+    /// (entry, address) of members to create.
+    pub add: Vec<(usize, SocketAddr)>,
+    /// Indices into the current members that leave.
+    pub drain: Vec<usize>,
+}
+
+/// A configured server of the new config: its `addr` as written, and the
+/// addresses it resolved to when the config was checked.
+pub struct NewEntry<'a> {
+    pub addr: &'a str,
+    pub resolved: &'a [SocketAddr],
+}
+
+/// Members are matched by the configured `addr` they come from: a member
+/// whose `addr` is still configured keeps its state (for a host name, all
+/// its current addresses stay: DNS keeps them fresh); an `addr` that is
+/// new gets members for the addresses it resolved to; the members of an
+/// `addr` no longer configured drain. `current` lists every member as
+/// (configured addr, address).
+pub fn carry(current: &[(&str, SocketAddr)], entries: &[NewEntry<'_>]) -> Carry {
+    let mut plan = Carry::default();
+    for (j, entry) in entries.iter().enumerate() {
+        let mut found = false;
+        for (i, &(name, _)) in current.iter().enumerate() {
+            if name == entry.addr {
+                plan.keep.push((i, j));
+                found = true;
+            }
+        }
+        if !found {
+            let mut seen: Vec<SocketAddr> = Vec::new();
+            for a in entry.resolved {
+                if !seen.contains(a) {
+                    seen.push(*a);
+                    plan.add.push((j, *a));
+                }
+            }
+        }
+    }
+    plan.drain = (0..current.len())
+        .filter(|i| !plan.keep.iter().any(|(k, _)| k == i))
+        .collect();
+    plan
+}
+
+#[cfg(test)]
+mod carry_tests {
+    use super::*;
+
+    fn a(last: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, last], 80))
+    }
+
+    #[test]
+    fn servers_that_stay_keep_their_members_new_ones_join_removed_ones_drain() {
+        let current = [
+            ("10.0.0.1:80", a(1)),
+            ("api.test:80", a(7)),
+            ("api.test:80", a(8)),
+            ("10.0.0.2:80", a(2)),
+        ];
+        let entries = [
+            NewEntry {
+                addr: "api.test:80",
+                // What it resolved to at check time does not replace what
+                // DNS has found since.
+                resolved: &[a(9)],
+            },
+            NewEntry {
+                addr: "10.0.0.3:80",
+                resolved: &[a(3)],
+            },
+            NewEntry {
+                addr: "10.0.0.1:80",
+                resolved: &[a(1)],
+            },
+        ];
+        let plan = carry(&current, &entries);
+        assert_eq!(plan.keep, vec![(1, 0), (2, 0), (0, 2)]);
+        assert_eq!(plan.add, vec![(1, a(3))]);
+        assert_eq!(plan.drain, vec![3]);
+    }
+
+    #[test]
+    fn the_same_config_keeps_everything() {
+        let current = [("10.0.0.1:80", a(1)), ("10.0.0.2:80", a(2))];
+        let entries = [
+            NewEntry {
+                addr: "10.0.0.1:80",
+                resolved: &[a(1)],
+            },
+            NewEntry {
+                addr: "10.0.0.2:80",
+                resolved: &[a(2)],
+            },
+        ];
+        let plan = carry(&current, &entries);
+        assert_eq!(plan.keep, vec![(0, 0), (1, 1)]);
+        assert!(plan.add.is_empty() && plan.drain.is_empty());
+    }
+}

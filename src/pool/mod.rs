@@ -4,6 +4,7 @@
 //! whole, and each keeps its own state for as long as it stays.
 
 mod admission;
+mod carry;
 pub mod dns;
 mod eject;
 mod health;
@@ -73,6 +74,19 @@ pub struct PoolHeaders {
     pub credential: Option<(http::HeaderName, HeaderValue)>,
 }
 
+impl PoolHeaders {
+    fn new(cfg: &PoolConfig, credential: Option<HeaderValue>) -> Self {
+        PoolHeaders {
+            // Checked by config validation; an invalid one cannot get here.
+            host: cfg
+                .host
+                .as_deref()
+                .and_then(|h| HeaderValue::from_str(h).ok()),
+            credential: credential.map(|v| (cfg.api_key_header.clone(), v)),
+        }
+    }
+}
+
 /// Why no server could be leased.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoServer {
@@ -120,14 +134,7 @@ impl Pool {
             name: cfg.name.clone(),
             admission,
             host: cfg.host.clone(),
-            upstream_headers: PoolHeaders {
-                // Checked by config validation; an invalid one cannot get here.
-                host: cfg
-                    .host
-                    .as_deref()
-                    .and_then(|h| HeaderValue::from_str(h).ok()),
-                credential: credential.map(|v| (cfg.api_key_header.clone(), v)),
-            },
+            upstream_headers: PoolHeaders::new(cfg, credential),
             health: cfg.health.clone(),
             tls: tls.is_some(),
             config: cfg.clone(),
@@ -171,7 +178,7 @@ impl Pool {
         // among the members or among the draining, never in between.
         let mut draining = self.draining();
         let current = self.servers();
-        let now: Vec<(usize, SocketAddr)> = current.iter().map(|s| (s.entry, s.socket)).collect();
+        let now: Vec<(usize, SocketAddr)> = current.iter().map(|s| (s.entry(), s.socket)).collect();
         let plan = members::plan(&now, entry, addrs);
         if plan.is_empty() {
             return MemberChange::default();
@@ -281,7 +288,7 @@ impl Pool {
                 .iter()
                 .map(|&(i, _)| Candidate {
                     outstanding: servers[i].outstanding(),
-                    weight: servers[i].weight,
+                    weight: servers[i].weight(),
                     tried: tried.contains(&servers[i].id),
                 })
                 .collect();

@@ -101,7 +101,7 @@ async fn check(
     path: &str,
     host: &str,
 ) -> pingora_error::Result<u16> {
-    let (mut session, _) = connector.get_http_session(server.peer()).await?;
+    let (mut session, _) = connector.get_http_session(&*server.peer()).await?;
     let mut req = RequestHeader::build("GET", path.as_bytes(), None)?;
     req.insert_header(http::header::HOST, host)?;
     req.insert_header(http::header::USER_AGENT, "ballast-health-check")?;

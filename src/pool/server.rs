@@ -9,10 +9,11 @@ use super::health::{HealthState, Transition};
 use crate::config::{PoolConfig, ServerConfig};
 use crate::metrics;
 use crate::tls::UpstreamTls;
+use arc_swap::ArcSwap;
 use pingora_core::upstreams::peer::HttpPeer;
 use serde::Serialize;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -22,8 +23,9 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 pub struct Server {
     pub id: u64,
-    /// Index of the configured server (`pool.servers`) it comes from.
-    pub entry: usize,
+    /// Index of the configured server (`pool.servers`) it comes from
+    /// (a reload may move it).
+    entry: AtomicUsize,
     pub pool: String,
     /// The pool's queue: a slot this server frees goes to its head.
     pub(super) admission: Arc<Admission>,
@@ -35,9 +37,10 @@ pub struct Server {
     pub name: String,
     /// The address requests go to.
     pub socket: SocketAddr,
-    pub weight: u32,
-    pub max_conns: u32,
-    peer: HttpPeer,
+    /// Settings a reload may change; its state stays.
+    weight: AtomicU32,
+    max_conns: AtomicU32,
+    peer: ArcSwap<HttpPeer>,
     outstanding: AtomicU32,
     state: Mutex<ServerState>,
     /// Held while dialling a server that may speak HTTP/2, so that
@@ -106,15 +109,15 @@ impl Server {
         };
         Server {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            entry,
+            entry: AtomicUsize::new(entry),
             pool: pool.name.clone(),
             admission,
             addr: member_label(cfg, socket),
             name: cfg.addr.clone(),
             socket,
-            weight: cfg.weight,
-            max_conns: cfg.max_conns,
-            peer: crate::tls::upstream::peer(socket, sni, tls, pool.http2),
+            weight: AtomicU32::new(cfg.weight),
+            max_conns: AtomicU32::new(cfg.max_conns),
+            peer: ArcSwap::from_pointee(crate::tls::upstream::peer(socket, sni, tls, pool.http2)),
             outstanding: AtomicU32::new(0),
             dial: tokio::sync::Mutex::new(()),
             spoke: AtomicU8::new(0),
@@ -135,14 +138,53 @@ impl Server {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn peer(&self) -> &HttpPeer {
-        &self.peer
+    /// The peer requests are sent through (its TLS and HTTP/2 settings).
+    pub fn peer(&self) -> Arc<HttpPeer> {
+        self.peer.load_full()
+    }
+
+    pub fn entry(&self) -> usize {
+        self.entry.load(Ordering::Relaxed)
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn max_conns(&self) -> u32 {
+        self.max_conns.load(Ordering::Relaxed)
+    }
+
+    /// Take the settings of a new config (a reload) while keeping every
+    /// piece of state: outstanding requests and their leases, ejection and
+    /// its count, cooldown, health.
+    pub(super) fn reconfigure(
+        &self,
+        pool: &PoolConfig,
+        cfg: &ServerConfig,
+        entry: usize,
+        tls: Option<&UpstreamTls>,
+    ) {
+        let sni = pool.sni.as_deref().unwrap_or(&cfg.host);
+        self.entry.store(entry, Ordering::Relaxed);
+        self.weight.store(cfg.weight, Ordering::Relaxed);
+        self.max_conns.store(cfg.max_conns, Ordering::Relaxed);
+        self.peer.store(Arc::new(crate::tls::upstream::peer(
+            self.socket,
+            sni,
+            tls,
+            pool.http2,
+        )));
+        let (rise, fall) = pool.health.as_ref().map_or((1, 1), |h| (h.rise, h.fall));
+        let mut st = self.state();
+        st.ejection.reconfigure(pool.max_fails, pool.fail_timeout);
+        st.health.reconfigure(rise, fall);
     }
 
     /// A turn to dial, when the server may multiplex requests over HTTP/2
     /// (`None` when it speaks HTTP/1, or the wait would outlast `within`).
     pub async fn dial_turn(&self, within: Duration) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        let h2_possible = self.peer.options.alpn.get_max_http_version() == 2;
+        let h2_possible = self.peer.load().options.alpn.get_max_http_version() == 2;
         if !h2_possible || self.spoke.load(Ordering::Relaxed) == 1 {
             return None;
         }
@@ -160,7 +202,8 @@ impl Server {
     }
 
     pub(super) fn under_cap(&self) -> bool {
-        self.max_conns == 0 || self.outstanding() < self.max_conns
+        let cap = self.max_conns();
+        cap == 0 || self.outstanding() < cap
     }
 
     /// Whether the server may take a request now, ignoring its cap.
@@ -189,7 +232,7 @@ impl Server {
                 return false;
             }
         }
-        let cap = self.max_conns;
+        let cap = self.max_conns();
         let taken = self
             .outstanding
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -264,12 +307,12 @@ impl Server {
             addr: self.addr.clone(),
             name: self.name.clone(),
             address: self.socket.to_string(),
-            weight: self.weight,
+            weight: self.weight(),
             state: availability.label(),
             up: availability.is_usable(),
             health_up: st.health.is_up(),
             outstanding: self.outstanding(),
-            max_conns: self.max_conns,
+            max_conns: self.max_conns(),
             fails: st.ejection.fails(),
             ejected_for_ms: ejected_for.map(|d| d.as_millis() as u64),
             cooldown_for_ms: st

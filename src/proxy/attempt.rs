@@ -103,7 +103,7 @@ pub async fn run(
     body: &Bytes,
     limits: &Limits,
 ) -> Result<Answer, Outcome> {
-    let mut peer = server.peer().clone();
+    let mut peer = HttpPeer::clone(&server.peer());
     peer.options.connection_timeout = Some(limits.connect);
     let upgrade = req.headers.contains_key(http::header::UPGRADE);
     if upgrade {

@@ -150,7 +150,7 @@ impl Gateway {
             let mut lease = match acquired {
                 Ok(lease) => lease,
                 Err(no) if no.is_none_or(|n| n.at_capacity) && pool.admission.enabled() => {
-                    let limit = pool.admission.max_wait.min(remaining);
+                    let limit = pool.admission.max_wait().min(remaining);
                     // A retry waiting for an untried server must not be fed
                     // the free slot of the server that just failed it.
                     let feed = !untried_only;
@@ -353,7 +353,7 @@ impl Gateway {
                 client_write: route.timeouts.client_write,
                 require_done: route.openai,
             };
-            respond::forward(session, answer, &self.connector, server.peer(), &how).await
+            respond::forward(session, answer, &self.connector, &server.peer(), &how).await
         };
         log.forwarded = Some(end);
         drop(lease);

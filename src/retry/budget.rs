@@ -26,6 +26,11 @@ pub struct RetryBudget {
 }
 
 impl RetryBudget {
+    /// A new ratio (a reload); the window's counts stay.
+    pub fn set_ratio(&mut self, ratio: f64) {
+        self.ratio = ratio;
+    }
+
     pub fn new(ratio: f64, origin: Instant) -> Self {
         RetryBudget {
             ratio,
