@@ -1,27 +1,45 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (alive),
-//! `/readyz` (every route has a usable server) and `/status` (JSON view of
-//! every pool and server).
+//! `/readyz` (every route has a usable server), `/status` (JSON view of
+//! every pool and server) and `POST /reload` (read the config again).
 
 use crate::generation::{Current, Generation};
 use crate::metrics;
 use crate::pool::Pool;
+use crate::reload::Reloader;
 use async_trait::async_trait;
 use http::Response;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
+use std::sync::Arc;
 use std::time::Instant;
 
 pub struct Admin {
+    reloader: Arc<Reloader>,
     current: Current,
     /// The client listeners' certificate expiry (Unix seconds), with TLS.
     cert_expires: Option<i64>,
 }
 
 impl Admin {
-    pub fn new(current: Current, cert_expires: Option<i64>) -> Self {
+    pub fn new(reloader: Arc<Reloader>, cert_expires: Option<i64>) -> Self {
         Admin {
-            current,
+            current: reloader.current().clone(),
+            reloader,
             cert_expires,
+        }
+    }
+
+    /// `POST /reload`: 200 with what changed, or 400 with every problem.
+    async fn reload(&self) -> Response<Vec<u8>> {
+        match self.reloader.reload("POST /reload").await {
+            Ok(changes) => {
+                let body = serde_json::json!({"result": "ok", "changes": changes});
+                respond(200, "application/json", format!("{body}\n"))
+            }
+            Err(problems) => {
+                let body = serde_json::json!({"result": "error", "problems": problems});
+                respond(400, "application/json", format!("{body}\n"))
+            }
         }
     }
 
@@ -89,7 +107,14 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let now = Instant::now();
         let path = session.req_header().uri.path().to_owned();
+        let post = session.req_header().method == http::Method::POST;
         match path.as_str() {
+            "/reload" if post => self.reload().await,
+            "/reload" => respond(
+                405,
+                "text/plain",
+                "POST /reload reloads the config\n".into(),
+            ),
             "/metrics" => {
                 self.refresh_gauges(now);
                 respond(200, "text/plain; version=0.0.4", metrics::render())
@@ -112,7 +137,7 @@ impl ServeHttp for Admin {
             _ => respond(
                 404,
                 "text/plain",
-                "not found; try /metrics /healthz /readyz /status\n".into(),
+                "not found; try /metrics /healthz /readyz /status, POST /reload\n".into(),
             ),
         }
     }

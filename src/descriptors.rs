@@ -43,6 +43,29 @@ pub fn connection_cap(configured: u32, descriptors: u64) -> u32 {
         .clamp(1, configured.max(1))
 }
 
+/// Raise the descriptor limit, and lower `limits.max_connections` to what
+/// it can carry (saying so), so that the cap refuses before descriptors run out.
+pub fn fit_connections(config: &mut crate::config::Config) {
+    let Some(descriptors) = raise_limit() else {
+        tracing::warn!(
+            "the descriptor limit cannot be read; limits.max_connections applies as set"
+        );
+        return;
+    };
+    let configured = config.limits.max_connections;
+    let cap = connection_cap(configured, descriptors);
+    if cap < configured {
+        tracing::warn!(
+            configured,
+            cap,
+            descriptors,
+            "limits.max_connections lowered to what the descriptor limit can carry \
+             (two per connection); raise `ulimit -n` to allow more"
+        );
+        config.limits.max_connections = cap;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ pub mod pool;
 pub mod proxy;
 pub mod queue;
 pub mod redact;
+pub mod reload;
 pub mod retry;
 pub mod route;
 pub mod runtime;

@@ -68,7 +68,7 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
     if demo {
         ballast::demo::start_backends(&cfg).context("starting the demo backends")?;
     }
-    ballast::runtime::run(cfg)
+    ballast::runtime::run(path, cfg)
 }
 
 fn run_sim(args: ballast::sim::SimArgs) -> anyhow::Result<()> {

@@ -152,6 +152,19 @@ static TLS_CERT_EXPIRY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric ballast_tls_cert_expiry_timestamp_seconds registers")
 });
 
+static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_config_reloads_total",
+        "Config reloads (SIGHUP, POST /reload) by result: ok, error (nothing changed)",
+        &["result"]
+    )
+    .expect("metric ballast_config_reloads_total registers")
+});
+
+pub fn config_reload(result: &str) {
+    CONFIG_RELOADS.with_label_values(&[result]).inc();
+}
+
 static DNS_RESOLUTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "ballast_dns_resolutions_total",
@@ -318,6 +331,9 @@ pub fn init() {
     LazyLock::force(&CLIENT_CONNECTIONS);
     LazyLock::force(&BUFFERED_BYTES);
     CONNECTIONS_REFUSED.with_label_values(&["max_connections"]);
+    for result in ["ok", "error"] {
+        CONFIG_RELOADS.with_label_values(&[result]);
+    }
     for kind in ["sse", "websocket"] {
         STREAMS_ACTIVE.with_label_values(&[kind]);
     }

@@ -5,8 +5,9 @@ use crate::admin::Admin;
 use crate::config::{Config, LogFormat};
 use crate::generation::Generation;
 use crate::metrics;
-use crate::pool::{prober, Pool};
+use crate::pool::prober;
 use crate::proxy::{Connections, Gateway};
+use crate::reload::Reloader;
 use anyhow::Context;
 use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
@@ -68,29 +69,90 @@ fn load_listener_tls(config: &Config) -> anyhow::Result<Option<crate::tls::Liste
 }
 
 /// Health checks and DNS refreshes: one task each per pool that needs it.
-struct Prober {
-    pools: Vec<Arc<Pool>>,
-    /// Only when some server is given by name.
-    resolver: Option<Arc<hickory_resolver::TokioResolver>>,
+/// Health checks, DNS refreshes and the sweep of drained servers, for the
+/// pools of the generation in force: restarted for the new pools when a
+/// reload swaps generations. Also reloads on `SIGHUP`.
+struct Background {
+    reloader: Arc<Reloader>,
+    /// Built when some server is first given by name.
+    resolver: std::sync::Mutex<Option<Arc<hickory_resolver::TokioResolver>>>,
 }
 
-#[async_trait]
-impl BackgroundService for Prober {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let checks = self
+impl Background {
+    /// The resolver, built on first need; `None` if it cannot be (logged).
+    fn resolver(&self, gen: &Generation) -> Option<Arc<hickory_resolver::TokioResolver>> {
+        let names = gen
+            .config
+            .pools
+            .iter()
+            .flat_map(|p| &p.servers)
+            .any(|s| s.is_name);
+        if !names {
+            return None;
+        }
+        let mut slot = self.resolver.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            match crate::pool::dns::resolver(&gen.config.server) {
+                Ok(r) => *slot = Some(Arc::new(r)),
+                Err(e) => tracing::error!(error = %e, "host names cannot be re-resolved"),
+            }
+        }
+        slot.clone()
+    }
+
+    /// The tasks one generation needs.
+    fn spawn(&self, gen: &Arc<Generation>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks: Vec<_> = gen
             .pools
             .iter()
             .filter(|p| p.health.is_some())
-            .map(|p| tokio::spawn(prober::run(p.clone())));
-        let lookups = self.resolver.iter().flat_map(|resolver| {
-            self.pools
-                .iter()
-                .map(|p| tokio::spawn(crate::pool::dns::run(p.clone(), resolver.clone())))
-        });
-        let tasks: Vec<_> = checks.chain(lookups).collect();
-        let _ = shutdown.changed().await;
-        for t in tasks {
-            t.abort();
+            .map(|p| tokio::spawn(prober::run(p.clone())))
+            .collect();
+        if let Some(resolver) = self.resolver(gen) {
+            tasks.extend(
+                gen.pools
+                    .iter()
+                    .map(|p| tokio::spawn(crate::pool::dns::run(p.clone(), resolver.clone()))),
+            );
+        }
+        tasks.push(tokio::spawn(sweep(gen.clone())));
+        tasks
+    }
+}
+
+/// Every second, forget drained servers (and retired pools' ones) whose
+/// last request has ended.
+async fn sweep(gen: Arc<Generation>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for pool in gen.pools.iter().chain(gen.retired.iter()) {
+            for gone in pool.sweep_drained() {
+                tracing::info!(pool = %pool.name, server = %gone, "drained server removed");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Background {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let hangups = tokio::spawn(crate::reload::on_hangup(self.reloader.clone()));
+        let mut swaps = self.reloader.watch();
+        loop {
+            let gen = self.reloader.current().load_full();
+            let tasks = self.spawn(&gen);
+            let stop = tokio::select! {
+                _ = shutdown.changed() => true,
+                swapped = swaps.changed() => swapped.is_err(),
+            };
+            for t in tasks {
+                t.abort();
+            }
+            if stop {
+                hangups.abort();
+                return;
+            }
         }
     }
 }
@@ -108,29 +170,6 @@ fn client_socket_options() -> TcpSocketOptions {
         user_timeout: Duration::ZERO,
     });
     options
-}
-
-/// Raise the descriptor limit, and lower `limits.max_connections` to what
-/// it can carry (saying so), so that the cap refuses before descriptors run out.
-fn fit_connections_to_descriptors(config: &mut Config) {
-    let Some(descriptors) = crate::descriptors::raise_limit() else {
-        tracing::warn!(
-            "the descriptor limit cannot be read; limits.max_connections applies as set"
-        );
-        return;
-    };
-    let configured = config.limits.max_connections;
-    let cap = crate::descriptors::connection_cap(configured, descriptors);
-    if cap < configured {
-        tracing::warn!(
-            configured,
-            cap,
-            descriptors,
-            "limits.max_connections lowered to what the descriptor limit can carry \
-             (two per connection); raise `ulimit -n` to allow more"
-        );
-        config.limits.max_connections = cap;
-    }
 }
 
 /// Every listener can be bound: a start-up error naming the address and
@@ -167,14 +206,16 @@ fn exit_if_a_listener_fails() {
     }));
 }
 
-/// Run the gateway until a signal stops the process. Never returns on success.
-pub fn run(mut config: Config) -> anyhow::Result<()> {
+/// Run the gateway on the config read from `path` until a signal stops the
+/// process (`SIGHUP` reloads `path`). Never returns on success.
+pub fn run(path: &std::path::Path, mut config: Config) -> anyhow::Result<()> {
     metrics::init();
-    fit_connections_to_descriptors(&mut config);
+    crate::descriptors::fit_connections(&mut config);
     let config = Arc::new(config);
     let pools = crate::generation::build_pools(&config)?;
     let listener_tls = load_listener_tls(&config)?;
-    let current = Generation::first(config.clone(), pools.clone()).into_current();
+    let current = Generation::first(config.clone(), pools).into_current();
+    let reloader = Reloader::new(path.to_path_buf(), current.clone());
     let cert_expires = listener_tls.as_ref().map(|t| t.expires);
     check_listeners(&config)?;
     exit_if_a_listener_fails();
@@ -198,22 +239,28 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
 
     let mut admin = Service::new(
         "ballast admin".to_string(),
-        HttpServer::new_app(Admin::new(current.clone(), cert_expires)),
+        HttpServer::new_app(Admin::new(reloader.clone(), cert_expires)),
     );
     admin.threads = Some(1);
     admin.add_tcp(&config.admin.listen);
 
-    let names = config
-        .pools
-        .iter()
-        .flat_map(|p| &p.servers)
-        .any(|s| s.is_name);
-    let resolver = match names {
-        true => Some(Arc::new(crate::pool::dns::resolver(&config.server)?)),
-        false => None,
+    let background = Background {
+        reloader: reloader.clone(),
+        resolver: std::sync::Mutex::new(None),
     };
-    let mut prober =
-        background_service("ballast health checks and DNS", Prober { pools, resolver });
+    // A host name needs a resolver: fail at start, not later, if there is none.
+    if background.resolver(&current.load()).is_none()
+        && config
+            .pools
+            .iter()
+            .flat_map(|p| &p.servers)
+            .any(|s| s.is_name)
+    {
+        anyhow::bail!(
+            "host names in pool.servers cannot be re-resolved: no resolver configuration"
+        );
+    }
+    let mut prober = background_service("ballast health checks, DNS and reloads", background);
     prober.threads = Some(1);
 
     server.add_service(gateway);

@@ -21,8 +21,6 @@ use tokio::time::Instant;
 
 /// Longest wait for one lookup.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often members that left are checked for their last request.
-const SWEEP: Duration = Duration::from_secs(1);
 /// A record's TTL never makes lookups more frequent than this.
 const MIN_TTL: Duration = Duration::from_secs(1);
 
@@ -65,21 +63,15 @@ pub async fn run(pool: Arc<Pool>, resolver: Arc<TokioResolver>) {
         return;
     }
     let interval = pool.config().resolve_interval;
-    let mut due = Instant::now();
     loop {
-        if Instant::now() >= due {
-            let mut next = interval;
-            for &entry in &names {
-                if let Some(ttl) = refresh(&pool, &resolver, entry).await {
-                    next = next.min(ttl.max(MIN_TTL));
-                }
+        let mut next = interval;
+        for &entry in &names {
+            if let Some(ttl) = refresh(&pool, &resolver, entry).await {
+                next = next.min(ttl.max(MIN_TTL));
             }
-            due = Instant::now() + next;
         }
-        for gone in pool.sweep_drained() {
-            tracing::info!(pool = %pool.name, server = %gone, "drained server removed");
-        }
-        tokio::time::sleep_until(due.min(Instant::now() + SWEEP)).await;
+        let due = Instant::now() + next;
+        tokio::time::sleep_until(due).await;
     }
 }
 

@@ -171,6 +171,24 @@ impl Gateway {
         }
     }
 
+    /// The config file the gateway runs on (a test may rewrite it and
+    /// reload).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("ballast.toml")
+    }
+
+    /// `POST /reload` on the admin listener: status and JSON answer.
+    pub async fn reload(&self) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(self.admin_url("/reload"))
+            .send()
+            .await
+            .expect("POST /reload");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("reload answer is JSON"))
+    }
+
     /// The gateway process's pid (for /proc readings).
     pub fn pid(&self) -> u32 {
         self.child.id()

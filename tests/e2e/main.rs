@@ -21,6 +21,7 @@ mod openai_client;
 mod paths;
 mod prometheus;
 mod proxying;
+mod reload;
 mod retries;
 mod slow_readers;
 mod startup;
