@@ -2,6 +2,7 @@
 //! `/readyz` (every route has a usable server), `/status` (JSON view of
 //! every pool and server) and `POST /reload` (read the config again).
 
+use crate::drain::Drain;
 use crate::generation::{Current, Generation};
 use crate::metrics;
 use crate::pool::Pool;
@@ -15,14 +16,16 @@ use std::time::Instant;
 
 pub struct Admin {
     reloader: Arc<Reloader>,
+    drain: Arc<Drain>,
     current: Current,
     /// The client listeners' certificate expiry (Unix seconds), with TLS.
     cert_expires: Option<i64>,
 }
 
 impl Admin {
-    pub fn new(reloader: Arc<Reloader>, cert_expires: Option<i64>) -> Self {
+    pub fn new(reloader: Arc<Reloader>, drain: Arc<Drain>, cert_expires: Option<i64>) -> Self {
         Admin {
+            drain,
             current: reloader.current().clone(),
             reloader,
             cert_expires,
@@ -120,6 +123,9 @@ impl ServeHttp for Admin {
                 respond(200, "text/plain; version=0.0.4", metrics::render())
             }
             "/healthz" => respond(200, "text/plain", "ok\n".into()),
+            "/readyz" if self.drain.is_draining() => {
+                respond(503, "text/plain", "shutting down\n".into())
+            }
             "/readyz" => {
                 let gen = self.current.load_full();
                 let unready = Admin::unready_routes(&gen, now);

@@ -220,8 +220,8 @@ fn pool_credential(
 }
 
 /// Put back in `new` the settings only a restart can change (listeners,
-/// threads, TLS certificate, resolver, logging, shutdown and connection
-/// settings read once at start), and name those that differed.
+/// threads, TLS certificate, resolver, logging, connection settings read
+/// once at start), and name those that differed.
 fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
     let mut kept = Vec::new();
     macro_rules! keep {
@@ -234,7 +234,6 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
     }
     keep!(server.listen, "server.listen");
     keep!(server.threads, "server.threads");
-    keep!(server.grace_period, "server.grace_period");
     keep!(server.tls, "server.tls");
     keep!(server.resolver, "server.resolver");
     keep!(admin.listen, "admin.listen");

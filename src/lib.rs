@@ -9,6 +9,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod descriptors;
+pub mod drain;
 pub mod error;
 pub mod generation;
 pub mod metrics;

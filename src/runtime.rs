@@ -14,7 +14,7 @@ use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::protocols::TcpKeepalive;
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::server::{RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use std::sync::Arc;
@@ -207,7 +207,8 @@ fn exit_if_a_listener_fails() {
 }
 
 /// Run the gateway on the config read from `path` until a signal stops the
-/// process (`SIGHUP` reloads `path`). Never returns on success.
+/// process (`SIGHUP` reloads `path`, `SIGTERM` drains, see `drain`). Never
+/// returns on success.
 pub fn run(path: &std::path::Path, mut config: Config) -> anyhow::Result<()> {
     metrics::init();
     crate::descriptors::fit_connections(&mut config);
@@ -216,14 +217,17 @@ pub fn run(path: &std::path::Path, mut config: Config) -> anyhow::Result<()> {
     let listener_tls = load_listener_tls(&config)?;
     let current = Generation::first(config.clone(), pools).into_current();
     let reloader = Reloader::new(path.to_path_buf(), current.clone());
+    let drain = crate::drain::Drain::new();
     let cert_expires = listener_tls.as_ref().map(|t| t.expires);
     check_listeners(&config)?;
     exit_if_a_listener_fails();
 
     let conf = ServerConf {
         threads: config.server.threads,
-        grace_period_seconds: Some(config.server.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(config.server.grace_period.as_secs().max(1)),
+        // The drain (`drain::Signals`) has waited for requests in flight by
+        // the time Pingora hears of the shutdown: nothing more to wait for.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -231,7 +235,7 @@ pub fn run(path: &std::path::Path, mut config: Config) -> anyhow::Result<()> {
 
     let mut gateway = Service::new(
         "ballast gateway".to_string(),
-        Connections::new(Gateway::new(current.clone()), listener_tls),
+        Connections::new(Gateway::new(current.clone(), drain.clone()), listener_tls),
     );
     for addr in &config.server.listen {
         gateway.add_tcp_with_settings(addr, client_socket_options());
@@ -239,7 +243,7 @@ pub fn run(path: &std::path::Path, mut config: Config) -> anyhow::Result<()> {
 
     let mut admin = Service::new(
         "ballast admin".to_string(),
-        HttpServer::new_app(Admin::new(reloader.clone(), cert_expires)),
+        HttpServer::new_app(Admin::new(reloader.clone(), drain.clone(), cert_expires)),
     );
     admin.threads = Some(1);
     admin.add_tcp(&config.admin.listen);
@@ -273,5 +277,11 @@ pub fn run(path: &std::path::Path, mut config: Config) -> anyhow::Result<()> {
         routes = config.routes.len(),
         "ballast starting"
     );
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(crate::drain::Signals {
+            drain,
+            current: current.clone(),
+        }),
+    });
+    std::process::exit(0)
 }

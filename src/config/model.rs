@@ -22,8 +22,11 @@ pub struct ServerSection {
     pub listen: Vec<String>,
     /// Worker threads; default: number of cores.
     pub threads: usize,
-    /// Seconds a graceful shutdown waits for requests in flight.
+    /// How long a graceful shutdown waits for requests in flight (from
+    /// when new connections are refused).
     pub grace_period: Duration,
+    /// `SIGTERM`: `/readyz` 503 at once, new connections refused after this.
+    pub drain_delay: Duration,
     /// Peers whose forwarding headers are believed (and appended to).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// TLS on every client listener; checked (readable, matching, not

@@ -93,6 +93,7 @@ fn example_file_parses_into_expected_model() {
             listen: vec!["127.0.0.1:8080".into()],
             threads: config.server.threads, // default: cores
             grace_period: secs(5),
+            drain_delay: secs(2),
             trusted_proxies: vec![],
             tls: None,
             resolver: vec![],
@@ -256,6 +257,7 @@ fn full_example_parses_into_expected_model() {
             listen: vec!["0.0.0.0:8080".into(), "[::1]:8081".into()],
             threads: 2,
             grace_period: Duration::from_millis(250),
+            drain_delay: secs(2),
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
             tls: None,
             resolver: vec![],
@@ -362,6 +364,7 @@ fn defaults() {
             listen: vec!["0.0.0.0:8080".into()],
             threads: cores,
             grace_period: secs(5),
+            drain_delay: secs(2),
             trusted_proxies: vec![],
             tls: None,
             resolver: vec![],

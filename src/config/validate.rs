@@ -120,6 +120,7 @@ impl Checker<'_> {
             Some(_) => self.int(&raw.threads, "server.threads", 1, 1, 4096) as usize,
         };
         let grace_period = self.duration(&raw.grace_period, "server.grace_period", secs(5), false);
+        let drain_delay = self.duration(&raw.drain_delay, "server.drain_delay", secs(2), false);
         let tls = raw.tls.as_ref().and_then(|t| self.listener_tls(t));
         let mut resolver = Vec::new();
         for (i, entry) in raw.resolver.iter().flatten().enumerate() {
@@ -158,6 +159,7 @@ impl Checker<'_> {
             listen,
             threads,
             grace_period,
+            drain_delay,
             trusted_proxies,
             tls,
             resolver,

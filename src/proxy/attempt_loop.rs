@@ -352,6 +352,7 @@ impl Gateway {
                 stream_idle: route.timeouts.stream_idle,
                 client_write: route.timeouts.client_write,
                 require_done: route.openai,
+                cut: self.drain.cut(),
             };
             respond::forward(session, answer, &self.connector, &server.peer(), &how).await
         };

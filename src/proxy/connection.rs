@@ -189,6 +189,11 @@ impl ServerApp for Connections {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        if self.gateway.drain.refuses_connections() {
+            // Shutting down: the client's next try goes to another instance.
+            metrics::connection_refused("shutting_down");
+            return None;
+        }
         let Some(_open) = self.admit() else {
             metrics::connection_refused("max_connections");
             let err = GatewayError::overloaded();

@@ -18,6 +18,7 @@ mod rewound;
 mod upgrade;
 
 use crate::config::Priority;
+use crate::drain::Drain;
 use crate::error::GatewayError;
 use crate::generation::{Current, Generation};
 use crate::redact::Redacted;
@@ -41,6 +42,8 @@ pub struct Gateway {
     /// Routes, pools and budgets in force; each request keeps the one it
     /// started with.
     current: Current,
+    /// Graceful shutdown: requests in flight are counted here.
+    drain: Arc<Drain>,
     connector: Connector,
     server_options: HttpServerOptions,
     /// Request bytes held across all connections.
@@ -48,7 +51,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(current: Current) -> Self {
+    pub fn new(current: Current, drain: Arc<Drain>) -> Self {
         let config = current.load().config.clone();
         let mut server_options = HttpServerOptions::default();
         server_options.h2c = true;
@@ -58,6 +61,7 @@ impl Gateway {
         Gateway {
             buffers: buffered::BufferBudget::new(config.limits.max_buffered_bytes),
             current,
+            drain,
             connector: Connector::new(None),
             server_options,
         }
@@ -269,7 +273,9 @@ impl Gateway {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        if *shutdown.borrow() {
+        let _in_flight = self.drain.begin();
+        if *shutdown.borrow() || self.drain.is_draining() {
+            // Shutting down: the client reconnects elsewhere for its next one.
             session.set_keepalive(None);
         }
         let gen = self.generation();

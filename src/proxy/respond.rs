@@ -97,6 +97,9 @@ pub enum Forwarded {
     /// The client stopped reading for `client_write`: the response was
     /// abandoned and the backend connection closed, freeing its slot.
     ClientStalled,
+    /// The gateway's grace period for shutting down ran out mid-body:
+    /// aborted like a broken upstream, with its own error event.
+    Shutdown,
 }
 
 impl Forwarded {
@@ -108,6 +111,7 @@ impl Forwarded {
             Forwarded::UpstreamStalled => "upstream_stalled",
             Forwarded::MissingDone => "missing_done",
             Forwarded::ClientStalled => "client_stalled",
+            Forwarded::Shutdown => "shutdown",
         }
     }
 }
@@ -126,16 +130,29 @@ pub fn is_event_stream(head: &ResponseHeader) -> bool {
 
 /// The last event of an event stream the backend broke off.
 fn interrupted_event(end: Forwarded) -> Bytes {
-    let message = match end {
-        Forwarded::UpstreamStalled => "the upstream stopped sending mid-stream",
-        Forwarded::MissingDone => "the upstream ended the stream mid-answer (no [DONE])",
-        _ => "the upstream failed mid-stream",
+    let (message, code) = match end {
+        Forwarded::UpstreamStalled => (
+            "the upstream stopped sending mid-stream",
+            "upstream_stream_interrupted",
+        ),
+        Forwarded::MissingDone => (
+            "the upstream ended the stream mid-answer (no [DONE])",
+            "upstream_stream_interrupted",
+        ),
+        Forwarded::Shutdown => (
+            "the gateway is shutting down and its grace period ran out",
+            "gateway_shutting_down",
+        ),
+        _ => (
+            "the upstream failed mid-stream",
+            "upstream_stream_interrupted",
+        ),
     };
     let event = serde_json::json!({
         "error": {
             "message": message,
             "type": "gateway_error",
-            "code": "upstream_stream_interrupted",
+            "code": code,
         }
     });
     Bytes::from(format!("data: {event}\n\n"))
@@ -148,6 +165,8 @@ pub struct Forwarding {
     pub client_write: Duration,
     /// An event stream must end with `data: [DONE]` (OpenAI routes).
     pub require_done: bool,
+    /// Turns true when a shutdown's grace period is over.
+    pub cut: tokio::sync::watch::Receiver<bool>,
 }
 
 pub async fn forward(
@@ -213,7 +232,10 @@ pub async fn forward(
             // is dropped as it is.
             session.set_keepalive(None);
         }
-        Forwarded::UpstreamBroken | Forwarded::UpstreamStalled | Forwarded::MissingDone => {
+        Forwarded::UpstreamBroken
+        | Forwarded::UpstreamStalled
+        | Forwarded::MissingDone
+        | Forwarded::Shutdown => {
             upstream.shutdown().await;
             metrics::stream_abort(end.label());
             if sse {
@@ -313,6 +335,15 @@ async fn write(session: &mut ServerSession, bytes: Bytes, end: bool, limit: Dura
 }
 
 /// Copy the response to the client until it ends one way or another.
+/// Resolves when a shutdown's grace period is over (never, if the
+/// gateway is not shutting down).
+async fn cut_off(mut cut: tokio::sync::watch::Receiver<bool>) {
+    if cut.wait_for(|c| *c).await.is_err() {
+        // The sender is gone with the gateway: nothing will cut.
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn pump(
     session: &mut ServerSession,
     upstream: &mut HttpSession,
@@ -335,8 +366,11 @@ async fn pump(
         }
     }
     let mut finished = done;
+    let shutdown = cut_off(how.cut.clone());
+    tokio::pin!(shutdown);
     while !finished {
         tokio::select! {
+            _ = &mut shutdown => return Forwarded::Shutdown,
             read = fast_timeout(how.stream_idle, upstream.read_response_body()) => match read {
                 Ok(Ok(Some(chunk))) => {
                     let out = body.pass(chunk, false);

@@ -97,8 +97,14 @@ impl Gateway {
         } else {
             "[log]\nlevel = \"info\"\n\n"
         };
+        // A test may set its own grace period.
+        let grace = if server_extra.contains("grace_period") {
+            ""
+        } else {
+            "grace_period = \"1s\"\n"
+        };
         let text = format!(
-            "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ngrace_period = \"1s\"\n{server_extra}\n\
+            "[server]\nlisten = [\"{addr}\"]\nthreads = 2\n{grace}{server_extra}\n\
              [admin]\nlisten = \"{admin}\"\n\n{log}{body}"
         );
         let dir = tempfile::tempdir().expect("temp dir");
@@ -187,6 +193,28 @@ impl Gateway {
             .expect("POST /reload");
         let status = r.status().as_u16();
         (status, r.json().await.expect("reload answer is JSON"))
+    }
+
+    /// Send `signal` (e.g. `libc::SIGTERM`) to the gateway process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: a plain signal to the process this harness started.
+        let sent = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(sent, 0, "signal {signal} not delivered");
+    }
+
+    /// Wait (polling) for the gateway to exit; `None` if it still runs
+    /// after `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the gateway") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The gateway process's pid (for /proc readings).

@@ -23,6 +23,7 @@ mod prometheus;
 mod proxying;
 mod reload;
 mod retries;
+mod shutdown;
 mod slow_readers;
 mod startup;
 mod streaming;
