@@ -3,7 +3,9 @@
 //! `server.drain_delay`, requests and streams in flight run to their end
 //! for up to `server.grace_period` (the process exits as soon as none is
 //! left), and streams still open then end with an error event, never a
-//! silent cut. `SIGINT` stops at once; `SIGQUIT` is Pingora's upgrade.
+//! silent cut. `SIGINT` stops at once. `SIGQUIT` is Pingora's binary
+//! upgrade: the listeners go to the new process (`ballast run --upgrade`),
+//! and this one finishes what it has in flight the same way, then exits.
 
 use crate::generation::Current;
 use async_trait::async_trait;
@@ -23,15 +25,20 @@ pub struct Drain {
     /// The drain delay is over: new connections are refused.
     refusing: AtomicBool,
     in_flight: AtomicU64,
+    /// Open client connections (idle kept-alive ones included).
+    connections: AtomicU64,
     idle: Notify,
     /// The grace period is over: open streams end now.
     cut: watch::Sender<bool>,
+    /// Mirrors `refusing`, for idle connections waiting on it.
+    closing: watch::Sender<bool>,
 }
 
 impl Drain {
     pub fn new() -> Arc<Drain> {
         Arc::new(Drain {
             cut: watch::channel(false).0,
+            closing: watch::channel(false).0,
             ..Drain::default()
         })
     }
@@ -44,6 +51,16 @@ impl Drain {
         self.refusing.load(Ordering::Acquire)
     }
 
+    /// Resolves once new connections are refused: an idle kept-alive
+    /// connection is closed then, so that its client reconnects elsewhere
+    /// before it sends another request.
+    pub async fn closing(&self) {
+        let mut closing = self.closing.subscribe();
+        if closing.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Count a request as in flight while the guard lives.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -52,6 +69,38 @@ impl Drain {
 
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Count an open client connection while the guard lives.
+    pub fn connection(self: &Arc<Self>) -> Connection {
+        self.connections.fetch_add(1, Ordering::AcqRel);
+        Connection(self.clone())
+    }
+
+    /// Wait until no client connection is open at all.
+    async fn no_connections(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.connections.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// After a binary upgrade handed the listeners over: wait for requests
+    /// in flight and for kept-alive connections to carry their last
+    /// request (or close), for up to `grace`; then end what is left.
+    pub async fn finish_upgrade(&self, grace: Duration) {
+        let quiet = async {
+            self.idle().await;
+            self.no_connections().await;
+        };
+        if tokio::time::timeout(grace, quiet).await.is_ok() {
+            tracing::info!("no connection left: stopping");
+            return;
+        }
+        self.finish(Duration::ZERO).await;
     }
 
     /// Turns true when open streams must end.
@@ -81,10 +130,17 @@ impl Drain {
         );
         tokio::time::sleep(drain_delay).await;
         self.refusing.store(true, Ordering::Release);
+        self.closing.send_replace(true);
         tracing::info!(
             in_flight = self.in_flight(),
             "new connections refused; waiting for requests in flight"
         );
+        self.finish(grace).await;
+    }
+
+    /// Wait for what is in flight, for up to `grace`; then end the streams
+    /// still open (with their error event) and give them a moment.
+    pub async fn finish(&self, grace: Duration) {
         if tokio::time::timeout(grace, self.idle()).await.is_ok() {
             tracing::info!("nothing left in flight: stopping");
             return;
@@ -95,6 +151,23 @@ impl Drain {
         );
         self.cut.send_replace(true);
         let _ = tokio::time::timeout(LAST_WORDS, self.idle()).await;
+    }
+}
+
+/// Pingora's grace period, for a binary upgrade only: past the drain's own
+/// (the drain ends the process first, once idle or after its last words).
+pub fn upgrade_grace(grace: Duration) -> u64 {
+    (grace + LAST_WORDS).as_secs() + 2
+}
+
+/// One open client connection.
+pub struct Connection(Arc<Drain>);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.0.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
@@ -135,7 +208,10 @@ impl ShutdownSignalWatch for Signals {
         }
         let server = self.current.load().config.server.clone();
         tokio::select! {
-            _ = self.drain.run(server.drain_delay, server.grace_period) => ShutdownSignal::GracefulTerminate,
+            _ = self.drain.run(server.drain_delay, server.grace_period) => {
+                // Everything is done: Pingora would only wait longer.
+                std::process::exit(0)
+            }
             // A second signal: stop now.
             _ = int.recv() => ShutdownSignal::FastShutdown,
             _ = term.recv() => ShutdownSignal::FastShutdown,

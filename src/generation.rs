@@ -234,6 +234,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
     }
     keep!(server.listen, "server.listen");
     keep!(server.threads, "server.threads");
+    keep!(server.upgrade_sock, "server.upgrade_sock");
     keep!(server.tls, "server.tls");
     keep!(server.resolver, "server.resolver");
     keep!(admin.listen, "admin.listen");

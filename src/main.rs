@@ -24,7 +24,12 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the gateway (the default).
-    Run,
+    Run {
+        /// Take the listening sockets over from a running gateway (binary
+        /// upgrade): start this, then send the old process SIGQUIT.
+        #[arg(long)]
+        upgrade: bool,
+    },
     /// Validate a config: exit 0, or print every problem and exit 1.
     Check,
     /// Start simulated backends on every server address of the config, then the gateway.
@@ -35,7 +40,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.unwrap_or(Command::Run { upgrade: false }) {
         Command::Check => match config::load(&cli.config) {
             Ok(_) => {
                 println!("{}: ok", cli.config.display());
@@ -46,8 +51,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run => exit(run(&cli.config, false)),
-        Command::Demo => exit(run(&cli.config, true)),
+        Command::Run { upgrade } => exit(run(&cli.config, false, upgrade)),
+        Command::Demo => exit(run(&cli.config, true, false)),
         Command::Sim(args) => exit(run_sim(args)),
     }
 }
@@ -62,13 +67,13 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
+fn run(path: &Path, demo: bool, upgrade: bool) -> anyhow::Result<()> {
     let cfg = config::load(path).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     ballast::runtime::init_logging(cfg.log.format, &cfg.log.level);
     if demo {
         ballast::demo::start_backends(&cfg).context("starting the demo backends")?;
     }
-    ballast::runtime::run(path, cfg)
+    ballast::runtime::run(path, cfg, upgrade)
 }
 
 fn run_sim(args: ballast::sim::SimArgs) -> anyhow::Result<()> {

@@ -74,6 +74,7 @@ fn load_listener_tls(config: &Config) -> anyhow::Result<Option<crate::tls::Liste
 /// reload swaps generations. Also reloads on `SIGHUP`.
 struct Background {
     reloader: Arc<Reloader>,
+    drain: Arc<crate::drain::Drain>,
     /// Built when some server is first given by name.
     resolver: std::sync::Mutex<Option<Arc<hickory_resolver::TokioResolver>>>,
 }
@@ -151,9 +152,16 @@ impl BackgroundService for Background {
             }
             if stop {
                 hangups.abort();
-                return;
+                break;
             }
         }
+        // Pingora stops the listeners only after a binary upgrade handed
+        // them over (a SIGTERM ends the process in the drain): finish what
+        // is in flight here, then end the process.
+        let grace = self.reloader.current().load().config.server.grace_period;
+        self.drain.finish_upgrade(grace).await;
+        tracing::info!("upgrade: connections done; exiting");
+        std::process::exit(0);
     }
 }
 
@@ -209,7 +217,7 @@ fn exit_if_a_listener_fails() {
 /// Run the gateway on the config read from `path` until a signal stops the
 /// process (`SIGHUP` reloads `path`, `SIGTERM` drains, see `drain`). Never
 /// returns on success.
-pub fn run(path: &std::path::Path, mut config: Config) -> anyhow::Result<()> {
+pub fn run(path: &std::path::Path, mut config: Config, upgrade: bool) -> anyhow::Result<()> {
     metrics::init();
     crate::descriptors::fit_connections(&mut config);
     let config = Arc::new(config);
@@ -219,18 +227,28 @@ pub fn run(path: &std::path::Path, mut config: Config) -> anyhow::Result<()> {
     let reloader = Reloader::new(path.to_path_buf(), current.clone());
     let drain = crate::drain::Drain::new();
     let cert_expires = listener_tls.as_ref().map(|t| t.expires);
-    check_listeners(&config)?;
+    // In an upgrade the listeners come from the running gateway, bound.
+    if !upgrade {
+        check_listeners(&config)?;
+    }
     exit_if_a_listener_fails();
 
     let conf = ServerConf {
         threads: config.server.threads,
-        // The drain (`drain::Signals`) has waited for requests in flight by
-        // the time Pingora hears of the shutdown: nothing more to wait for.
-        grace_period_seconds: Some(0),
+        // A SIGTERM never reaches Pingora's grace period: the drain
+        // (`drain::Signals`) ends the process itself. In an upgrade,
+        // Pingora hands the listeners over, stops accepting, then waits
+        // this long; the drain ends the process sooner, once idle.
+        grace_period_seconds: Some(crate::drain::upgrade_grace(config.server.grace_period)),
         graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: config.server.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora_core::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let mut gateway = Service::new(
@@ -250,6 +268,7 @@ pub fn run(path: &std::path::Path, mut config: Config) -> anyhow::Result<()> {
 
     let background = Background {
         reloader: reloader.clone(),
+        drain: drain.clone(),
         resolver: std::sync::Mutex::new(None),
     };
     // A host name needs a resolver: fail at start, not later, if there is none.

@@ -27,6 +27,8 @@ pub struct ServerSection {
     pub grace_period: Duration,
     /// `SIGTERM`: `/readyz` 503 at once, new connections refused after this.
     pub drain_delay: Duration,
+    /// Unix socket the listeners are handed over on in a binary upgrade.
+    pub upgrade_sock: PathBuf,
     /// Peers whose forwarding headers are believed (and appended to).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// TLS on every client listener; checked (readable, matching, not

@@ -47,6 +47,7 @@ pub(crate) struct RawServer {
     /// Extension: how long a graceful shutdown waits for requests in flight.
     pub grace_period: Opt<String>,
     pub drain_delay: Opt<String>,
+    pub upgrade_sock: Opt<String>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     /// TLS on every client listener.
     pub tls: Option<RawListenerTls>,

@@ -94,6 +94,7 @@ fn example_file_parses_into_expected_model() {
             threads: config.server.threads, // default: cores
             grace_period: secs(5),
             drain_delay: secs(2),
+            upgrade_sock: "/tmp/ballast-upgrade.sock".into(),
             trusted_proxies: vec![],
             tls: None,
             resolver: vec![],
@@ -258,6 +259,7 @@ fn full_example_parses_into_expected_model() {
             threads: 2,
             grace_period: Duration::from_millis(250),
             drain_delay: secs(2),
+            upgrade_sock: "/tmp/ballast-upgrade.sock".into(),
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
             tls: None,
             resolver: vec![],
@@ -365,6 +367,7 @@ fn defaults() {
             threads: cores,
             grace_period: secs(5),
             drain_delay: secs(2),
+            upgrade_sock: "/tmp/ballast-upgrade.sock".into(),
             trusted_proxies: vec![],
             tls: None,
             resolver: vec![],

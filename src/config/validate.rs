@@ -24,6 +24,7 @@ use super::ConfigProblem;
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+const DEFAULT_UPGRADE_SOCK: &str = "/tmp/ballast-upgrade.sock";
 const MIB: u64 = 1024 * 1024;
 const KIB: u64 = 1024;
 
@@ -121,6 +122,14 @@ impl Checker<'_> {
         };
         let grace_period = self.duration(&raw.grace_period, "server.grace_period", secs(5), false);
         let drain_delay = self.duration(&raw.drain_delay, "server.drain_delay", secs(2), false);
+        let upgrade_sock = match &raw.upgrade_sock {
+            None => std::path::PathBuf::from(DEFAULT_UPGRADE_SOCK),
+            Some(p) if p.get_ref().trim().is_empty() => {
+                self.report(Some(p.span()), "server.upgrade_sock", "must name a path");
+                std::path::PathBuf::from(DEFAULT_UPGRADE_SOCK)
+            }
+            Some(p) => std::path::PathBuf::from(p.get_ref().trim()),
+        };
         let tls = raw.tls.as_ref().and_then(|t| self.listener_tls(t));
         let mut resolver = Vec::new();
         for (i, entry) in raw.resolver.iter().flatten().enumerate() {
@@ -160,6 +169,7 @@ impl Checker<'_> {
             threads,
             grace_period,
             drain_delay,
+            upgrade_sock,
             trusted_proxies,
             tls,
             resolver,

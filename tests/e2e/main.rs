@@ -29,5 +29,6 @@ mod startup;
 mod streaming;
 mod tls_clients;
 mod tls_upstream;
+mod upgrade;
 mod upgrades;
 mod websocket;
