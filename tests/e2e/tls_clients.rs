@@ -176,7 +176,9 @@ async fn the_wrong_protocol_on_either_port_is_refused_cleanly() {
 async fn a_handshake_that_never_finishes_is_closed_after_header_timeout() {
     let pki = Pki::new("slow");
     let a = sim("a").await;
-    let gw = tls_gateway(&pki, &a.addr().to_string(), "header_timeout = \"300ms\"").await;
+    // Long enough that the test itself, descheduled on a busy machine,
+    // still sends its half ClientHello well within it.
+    let gw = tls_gateway(&pki, &a.addr().to_string(), "header_timeout = \"2s\"").await;
     // Nothing at all, then half a ClientHello.
     let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let reply = read_until_closed(&mut silent, Duration::from_secs(10)).await;
