@@ -10,6 +10,8 @@
 #                                  when nginx is among them
 #   nginx_temp_paths DIR           nginx *_temp_path lines into DIR for the
 #                                  modules this nginx has
+#   nginx_sim_upstream PORT...     nginx's `upstream sim` block, equivalent to
+#                                  Ballast's pool (least_conn, max_fails, keepalive)
 #   build_ballast                  sets BIN: $BALLAST_BIN, or cargo build --release
 #   setup_workdir                  WORK temp dir + EXIT/INT/TERM traps that stop
 #                                  everything started with start_bg
@@ -63,6 +65,15 @@ nginx_temp_paths() { # nginx_temp_paths DIR: temp paths of the modules compiled 
         [[ $v == *"--without-http_${m}_module"* ]] ||
             printf '\n    %s_temp_path %s/nginx-%s;' "$m" "$dir" "$m"
     done
+}
+
+nginx_sim_upstream() { # nginx_sim_upstream PORT...: the upstream every bench compares against
+    printf 'upstream sim {\n        least_conn;\n'
+    local p
+    for p in "$@"; do
+        printf '        server 127.0.0.1:%s max_fails=3 fail_timeout=30s;\n' "$p"
+    done
+    printf '        keepalive 64;\n    }'
 }
 
 build_ballast() { # sets BIN

@@ -82,6 +82,7 @@ wait_http "http://127.0.0.1:$BALLAST_PORT$LOAD_PATH" "$BALLAST_PID" "ballast"
 # ---------------------------------------------------------------- nginx
 # Temp paths of modules compiled in must point into the work dir.
 temp_paths=$(nginx_temp_paths "$WORK")
+upstream=$(nginx_sim_upstream "$P1" "$P2" "$P3")
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes $THREADS;
 pid $WORK/nginx.pid;
@@ -95,13 +96,7 @@ http {
     access_log off;
     $temp_paths
 
-    upstream sim {
-        least_conn;
-        server 127.0.0.1:$P1 max_fails=3 fail_timeout=30s;
-        server 127.0.0.1:$P2 max_fails=3 fail_timeout=30s;
-        server 127.0.0.1:$P3 max_fails=3 fail_timeout=30s;
-        keepalive 64;
-    }
+    $upstream
 
     server {
         listen 127.0.0.1:$NGINX_PORT;

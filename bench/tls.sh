@@ -105,6 +105,7 @@ wait_https "https://127.0.0.1:$B_TLS$LOAD_PATH" "$BALLAST_TLS_PID" "ballast (TLS
 nginx_v=$("$NGINX" -V 2>&1 || true)
 [[ $nginx_v == *http_ssl_module* ]] || die "this nginx has no TLS (http_ssl_module)"
 temp_paths=$(nginx_temp_paths "$WORK")
+upstream=$(nginx_sim_upstream "$P1" "$P2" "$P3")
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes $THREADS;
 pid $WORK/nginx.pid;
@@ -113,13 +114,7 @@ events { worker_connections 4096; }
 http {
     access_log off;
     $temp_paths
-    upstream sim {
-        least_conn;
-        server 127.0.0.1:$P1 max_fails=3 fail_timeout=30s;
-        server 127.0.0.1:$P2 max_fails=3 fail_timeout=30s;
-        server 127.0.0.1:$P3 max_fails=3 fail_timeout=30s;
-        keepalive 64;
-    }
+    $upstream
     server {
         listen 127.0.0.1:$N_PLAIN;
         listen 127.0.0.1:$N_TLS ssl;

@@ -3,14 +3,13 @@
 //! whose configured `addr` stays, state and all; the others drain.
 
 use super::members::{self, NewEntry};
-use super::{MemberChange, Pool, PoolHeaders, Server};
+use super::{MemberChange, Pool, Server};
 use crate::config::PoolConfig;
 use crate::metrics;
 use crate::tls::UpstreamTls;
-use arc_swap::ArcSwap;
 use http::HeaderValue;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 impl Pool {
     /// The pool `cfg` describes, carrying over from `previous` (the pool of
@@ -64,19 +63,8 @@ impl Pool {
             change.drained.push(s.addr.clone());
             draining.push(s.clone());
         }
-        let pool = Pool {
-            name: cfg.name.clone(),
-            admission: previous.admission.clone(),
-            host: cfg.host.clone(),
-            upstream_headers: PoolHeaders::new(cfg, credential),
-            health: cfg.health.clone(),
-            tls: tls.is_some(),
-            config: cfg.clone(),
-            tls_material: tls,
-            members: ArcSwap::from_pointee(next),
-            draining: Mutex::new(draining),
-            changed: tokio::sync::watch::channel(0).0,
-        };
+        let admission = previous.admission.clone();
+        let pool = Pool::assemble(cfg, credential, tls, admission, next, draining);
         (pool, change)
     }
 

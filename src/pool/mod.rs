@@ -130,6 +130,18 @@ impl Pool {
                 ))
             })
             .collect();
+        Pool::assemble(cfg, credential, tls, admission, members, Vec::new())
+    }
+
+    /// A pool of `cfg` with these members (new, or carried over a reload).
+    fn assemble(
+        cfg: &PoolConfig,
+        credential: Option<HeaderValue>,
+        tls: Option<Arc<UpstreamTls>>,
+        admission: Arc<Admission>,
+        members: Vec<Arc<Server>>,
+        draining: Vec<Arc<Server>>,
+    ) -> Pool {
         Pool {
             name: cfg.name.clone(),
             admission,
@@ -140,7 +152,7 @@ impl Pool {
             config: cfg.clone(),
             tls_material: tls,
             members: ArcSwap::from_pointee(members),
-            draining: Mutex::new(Vec::new()),
+            draining: Mutex::new(draining),
             changed: tokio::sync::watch::channel(0).0,
         }
     }

@@ -173,14 +173,7 @@ async fn members_follow_the_names_answers_without_a_failed_request() {
             let (client, url) = (gw.client.clone(), gw.url("/v1/chat/completions"));
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let ok = match client.post(&url).body(STREAM).send().await {
-                        Ok(r) if r.status() == 200 => r
-                            .text()
-                            .await
-                            .is_ok_and(|t| t.trim_end().ends_with("data: [DONE]")),
-                        _ => false,
-                    };
-                    if !ok {
+                    if !whole_stream(&client, &url, STREAM).await {
                         failures.fetch_add(1, Ordering::Relaxed);
                     }
                     done.fetch_add(1, Ordering::Relaxed);
@@ -201,23 +194,7 @@ async fn members_follow_the_names_answers_without_a_failed_request() {
     assert!(b.stats().health_checks >= 1);
 
     dns.answer("backend.test", &[Ipv4Addr::new(127, 0, 0, 1)]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let st = gw.status_json().await;
-        let listed = st["pools"][0]["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["addr"] == member_b.as_str());
-        if !listed {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{member_b} never left /status: {st}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gw.wait_unlisted(&member_b).await;
     let served_by_b = b.stats().requests;
     let before = done.load(Ordering::Relaxed);
     wait_until("requests stopped", || {

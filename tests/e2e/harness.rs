@@ -301,6 +301,22 @@ impl Gateway {
         }
     }
 
+    /// Poll `/status` until `server` is no longer listed, or fail after 15 s.
+    pub async fn wait_unlisted(&self, server: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let st = self.status_json().await;
+            if find_server(&st, server).is_none() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{server} stayed in /status: {st}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Poll `/status` until `pred` holds for `server`, or fail after 15 s.
     pub async fn wait_server(
         &self,
@@ -322,6 +338,35 @@ impl Gateway {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Read a response body to its end: the text, and whether it ended
+/// cleanly (false: the body was aborted).
+pub async fn read_to_end<S>(mut body: S) -> (String, bool)
+where
+    S: futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let mut text = String::new();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => text.push_str(&String::from_utf8_lossy(&c)),
+            Err(_) => return (text, false),
+        }
+    }
+    (text, true)
+}
+
+/// POST `body` (an event stream request) and read the answer: true when it
+/// was a 200 that ended with `data: [DONE]`.
+pub async fn whole_stream(client: &reqwest::Client, url: &str, body: &'static str) -> bool {
+    match client.post(url).body(body).send().await {
+        Ok(r) if r.status() == 200 => r
+            .text()
+            .await
+            .is_ok_and(|t| t.trim_end().ends_with("data: [DONE]")),
+        _ => false,
     }
 }
 

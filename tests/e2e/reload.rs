@@ -49,17 +49,6 @@ fn rewrite(gw: &Gateway, body: &str) {
     std::fs::write(&path, format!("{head}{body}")).unwrap();
 }
 
-/// Read a streamed completion to its end: it must end with [DONE].
-async fn whole_stream(client: reqwest::Client, url: String) -> bool {
-    match client.post(&url).body(STREAM).send().await {
-        Ok(r) if r.status() == 200 => r
-            .text()
-            .await
-            .is_ok_and(|t| t.trim_end().ends_with("data: [DONE]")),
-        _ => false,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_load_lose_nothing_and_keep_server_state() {
     let a = slow("a").await;
@@ -110,7 +99,10 @@ async fn reloads_under_load_lose_nothing_and_keep_server_state() {
 
     // Long streams, spread over the two usable servers, and a steady load.
     let streams: Vec<_> = (0..6)
-        .map(|_| tokio::spawn(whole_stream(gw.client.clone(), url.clone())))
+        .map(|_| {
+            let (client, url) = (gw.client.clone(), url.clone());
+            tokio::spawn(async move { whole_stream(&client, &url, STREAM).await })
+        })
         .collect();
     wait_until("streams never reached the server to be removed", || {
         removed.stats().in_flight >= 1
@@ -202,14 +194,7 @@ async fn reloads_under_load_lose_nothing_and_keep_server_state() {
         assert!(s.await.unwrap(), "a stream was cut by a reload");
     }
     let removed_addr = removed.addr().to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while gw.status_json().await.to_string().contains(&removed_addr) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the removed server stayed in /status"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gw.wait_unlisted(&removed_addr).await;
     assert!(!gw.metrics().await.contains(&removed_addr));
     assert_eq!(removed.stats().requests, removed_before);
     assert_eq!(removed.stats().in_flight, 0);

@@ -106,16 +106,8 @@ async fn a_stream_open_when_the_grace_period_ends_gets_an_error_event() {
         text.push_str(&String::from_utf8_lossy(&first));
     }
     gw.signal(libc::SIGTERM);
-    let mut clean = true;
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(c) => text.push_str(&String::from_utf8_lossy(&c)),
-            Err(_) => {
-                clean = false;
-                break;
-            }
-        }
-    }
+    let (rest, clean) = read_to_end(body).await;
+    text.push_str(&rest);
     assert!(text.contains("gateway_shutting_down"), "{text}");
     assert!(!clean, "the cut stream must not end like a whole one");
     let status = gw

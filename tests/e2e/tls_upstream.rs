@@ -481,18 +481,7 @@ async fn a_stalled_http2_stream_is_ended_like_an_http1_one() {
     .await;
     let r = post(&gw, "/v1/chat/completions", STREAM).await;
     assert_eq!(r.status(), 200);
-    let mut body = r.bytes_stream();
-    let mut text = String::new();
-    let mut clean = true;
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(c) => text.push_str(&String::from_utf8_lossy(&c)),
-            Err(_) => {
-                clean = false;
-                break;
-            }
-        }
-    }
+    let (text, clean) = read_to_end(r.bytes_stream()).await;
     assert!(!clean, "a stalled stream must not end cleanly: {text}");
     assert!(text.contains("upstream_stream_interrupted"), "{text}");
     assert_eq!(text.matches("chat.completion.chunk").count(), 2);
