@@ -49,6 +49,9 @@ impl Generation {
     /// The first generation, from the config the process started with.
     pub fn first(config: Arc<Config>, pools: Vec<Arc<Pool>>) -> Generation {
         let now = Instant::now();
+        for r in &config.routes {
+            metrics::register_route(&r.name);
+        }
         Generation {
             number: 1,
             routes: RouteTable::new(&config.routes),
@@ -122,6 +125,7 @@ impl Generation {
                         budget
                     }
                     None => {
+                        metrics::register_route(&r.name);
                         changes.routes_added.push(r.name.clone());
                         Arc::new(Mutex::new(RetryBudget::new(r.retry.budget, now)))
                     }

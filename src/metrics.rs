@@ -30,11 +30,23 @@ static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "ballast_request_duration_seconds",
-        "Time from request head to the end of the response, by route",
-        &["route"],
+        "Time from request head to the end of the response, by route and whether it was streamed \
+         (an event stream or an upgraded connection, whose duration is the whole stream)",
+        &["route", "streamed"],
         LATENCY_BUCKETS.to_vec()
     )
     .expect("metric ballast_request_duration_seconds registers")
+});
+
+static RESPONSE_FIRST_BYTE: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "ballast_response_first_byte_seconds",
+        "Time from request head to the response reaching the client (its head and first body \
+         bytes: queueing, retries and fallbacks included), by route and whether it was streamed",
+        &["route", "streamed"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric ballast_response_first_byte_seconds registers")
 });
 
 static FIRST_BYTE: LazyLock<HistogramVec> = LazyLock::new(|| {
@@ -314,6 +326,7 @@ pub fn stream_abort(reason: &str) {
 pub fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&REQUEST_DURATION);
+    LazyLock::force(&RESPONSE_FIRST_BYTE);
     LazyLock::force(&FIRST_BYTE);
     LazyLock::force(&ATTEMPTS);
     LazyLock::force(&OUTSTANDING);
@@ -337,19 +350,60 @@ pub fn init() {
     for kind in ["sse", "websocket"] {
         STREAMS_ACTIVE.with_label_values(&[kind]);
     }
+    // Counters alerts watch exist at zero from the start, so that the
+    // first increment is an increase Prometheus can see.
+    for reason in STREAM_ABORT_REASONS {
+        STREAM_ABORTS.with_label_values(&[reason]);
+    }
 }
+
+/// What `ballast_stream_aborts_total{reason}` counts (`Forwarded` labels
+/// other than "complete").
+const STREAM_ABORT_REASONS: &[&str] = &[
+    "client_gone",
+    "upstream_broken",
+    "upstream_stalled",
+    "missing_done",
+    "client_stalled",
+    "shutdown",
+];
+
+/// What `ballast_shed_total{reason}` counts.
+const SHED_REASONS: &[&str] = &["queue_full", "queue_timeout", "evicted"];
 
 pub fn retry(route: &str, reason: &str) {
     RETRIES.with_label_values(&[route, reason]).inc();
 }
 
-pub fn request_done(route: &str, status: u16, seconds: f64) {
+/// One request answered: `first_byte` is when its response began to reach
+/// the client (`None`: nothing was sent).
+pub fn request_done(
+    route: &str,
+    status: u16,
+    seconds: f64,
+    streamed: bool,
+    first_byte: Option<f64>,
+) {
     REQUESTS
         .with_label_values(&[route, &status_label(status)])
         .inc();
+    let streamed = if streamed { "true" } else { "false" };
     REQUEST_DURATION
-        .with_label_values(&[route])
+        .with_label_values(&[route, streamed])
         .observe(seconds);
+    if let Some(first_byte) = first_byte {
+        RESPONSE_FIRST_BYTE
+            .with_label_values(&[route, streamed])
+            .observe(first_byte);
+    }
+}
+
+/// Open event streams and upgraded connections, by kind.
+pub fn streams_open() -> (i64, i64) {
+    (
+        STREAMS_ACTIVE.with_label_values(&["sse"]).get(),
+        STREAMS_ACTIVE.with_label_values(&["websocket"]).get(),
+    )
 }
 
 pub fn first_byte(pool: &str, seconds: f64) {
@@ -367,6 +421,14 @@ pub fn upstream_ejected(pool: &str, server: &str) {
 /// Make sure a server's series exist from start-up, at zero.
 pub fn register_pool(pool: &str) {
     queue_depth(pool, 0);
+    for reason in SHED_REASONS {
+        SHED.with_label_values(&[pool, reason]);
+    }
+}
+
+/// A route's series that alerts watch, at zero from the start.
+pub fn register_route(route: &str) {
+    RETRIES.with_label_values(&[route, "budget_exhausted"]);
 }
 
 pub fn register_server(pool: &str, server: &str) {
@@ -404,5 +466,31 @@ pub fn status_label(code: u16) -> Cow<'static, str> {
     match STATUS_LABELS.get(usize::from(code).wrapping_sub(100)) {
         Some(label) => Cow::Borrowed(label.as_str()),
         None => code.to_string().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::Shed;
+    use crate::proxy::respond::Forwarded;
+
+    #[test]
+    fn alerted_series_exist_for_every_reason_there_is() {
+        for shed in [Shed::QueueFull, Shed::Timeout, Shed::Evicted] {
+            assert!(SHED_REASONS.contains(&shed.label()), "{shed:?}");
+        }
+        let ends = [
+            Forwarded::ClientGone,
+            Forwarded::UpstreamBroken,
+            Forwarded::UpstreamStalled,
+            Forwarded::MissingDone,
+            Forwarded::ClientStalled,
+            Forwarded::Shutdown,
+        ];
+        for end in ends {
+            assert!(STREAM_ABORT_REASONS.contains(&end.label()), "{end:?}");
+        }
+        assert_eq!(ends.len(), STREAM_ABORT_REASONS.len());
     }
 }

@@ -6,8 +6,10 @@
 
 use crate::generation::{Changes, Current};
 use crate::metrics;
+use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 pub struct Reloader {
     path: PathBuf,
@@ -17,6 +19,23 @@ pub struct Reloader {
     swapped: tokio::sync::watch::Sender<u64>,
     /// One reload at a time.
     one: tokio::sync::Mutex<()>,
+    /// The last reload tried, for `/status`.
+    last: Mutex<Option<LastReload>>,
+}
+
+/// How the last reload went.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastReload {
+    /// RFC 3339 wall-clock time.
+    pub at: String,
+    /// `SIGHUP` or `POST /reload`.
+    pub trigger: &'static str,
+    /// ok, error (nothing changed).
+    pub result: &'static str,
+    /// The generation in force after it.
+    pub generation: u64,
+    /// Why it was refused.
+    pub problems: Vec<String>,
 }
 
 impl Reloader {
@@ -27,6 +46,7 @@ impl Reloader {
             current,
             swapped: tokio::sync::watch::channel(number).0,
             one: tokio::sync::Mutex::new(()),
+            last: Mutex::new(None),
         })
     }
 
@@ -37,6 +57,27 @@ impl Reloader {
     /// Follows swaps of the generation.
     pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.swapped.subscribe()
+    }
+
+    pub fn last(&self) -> Option<LastReload> {
+        self.last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn remember(&self, trigger: &'static str, result: &'static str, problems: Vec<String>) {
+        let last = LastReload {
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            trigger,
+            result,
+            generation: self.current.load().number,
+            problems,
+        };
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(last);
     }
 
     /// Read the file again and apply it: what changed, or every problem
@@ -61,6 +102,7 @@ impl Reloader {
         self.current.store(Arc::new(next));
         self.swapped.send_replace(number);
         metrics::config_reload("ok");
+        self.remember(trigger, "ok", Vec::new());
         tracing::info!(
             trigger,
             generation = number,
@@ -78,10 +120,12 @@ impl Reloader {
         Ok(changes)
     }
 
-    fn refused(&self, trigger: &str, problems: String) -> Vec<String> {
+    fn refused(&self, trigger: &'static str, problems: String) -> Vec<String> {
         metrics::config_reload("error");
         tracing::error!(trigger, problems = %problems, "config reload refused; the running config stays");
-        problems.lines().map(str::to_owned).collect()
+        let problems: Vec<String> = problems.lines().map(str::to_owned).collect();
+        self.remember(trigger, "error", problems.clone());
+        problems
     }
 }
 

@@ -3,7 +3,7 @@
 //! handed straight to the head of the queue (see `Lease`'s drop): no
 //! polling, no sleeping loop.
 
-use super::Lease;
+use super::{Lease, Tally};
 use crate::config::{Priority, QueueConfig};
 use crate::metrics;
 use crate::queue::{DrainRate, Pushed, Ticket, WaitQueue};
@@ -20,6 +20,9 @@ pub struct Admission {
     state: Mutex<State>,
     /// Mirror of the queue's length, read without the lock on every release.
     waiting: AtomicUsize,
+    max_depth: AtomicUsize,
+    /// Requests that left the queue (for `/status`).
+    pub tally: Tally,
 }
 
 struct State {
@@ -63,6 +66,8 @@ impl Admission {
                 drain: DrainRate::new(now),
             }),
             waiting: AtomicUsize::new(0),
+            max_depth: AtomicUsize::new(cfg.max_depth as usize),
+            tally: Tally::default(),
         }
     }
 
@@ -86,6 +91,8 @@ impl Admission {
         self.max_wait_ms
             .store(millis(cfg.max_wait), Ordering::Relaxed);
         self.enabled.store(cfg.max_depth > 0, Ordering::Relaxed);
+        self.max_depth
+            .store(cfg.max_depth as usize, Ordering::Relaxed);
         self.state().queue.set_max_depth(cfg.max_depth as usize);
     }
 
@@ -95,6 +102,16 @@ impl Admission {
 
     pub fn depth(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
+    }
+
+    pub fn max_depth(&self) -> usize {
+        self.max_depth.load(Ordering::Relaxed)
+    }
+
+    /// A queued request was turned away.
+    pub fn shed(&self, shed: Shed) {
+        metrics::shed(&self.pool, shed.label());
+        self.tally.record(true, None);
     }
 
     fn publish(&self, st: &State) {
@@ -145,10 +162,9 @@ impl Admission {
                 Ok(()) => {
                     st.drain.record(now);
                     self.publish(&st);
-                    metrics::queue_wait(
-                        &self.pool,
-                        now.saturating_duration_since(enqueued).as_secs_f64(),
-                    );
+                    let waited = now.saturating_duration_since(enqueued);
+                    metrics::queue_wait(&self.pool, waited.as_secs_f64());
+                    self.tally.record(false, Some(waited));
                     return None;
                 }
                 // That waiter already gave up; try the next one.

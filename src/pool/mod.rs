@@ -13,6 +13,7 @@ mod members;
 pub mod prober;
 mod select;
 mod server;
+mod tally;
 
 pub use admission::{Admission, Shed, Waiting};
 pub use eject::{Ejection, Gate};
@@ -20,6 +21,7 @@ pub use health::{HealthState, Transition};
 pub use lease::Lease;
 pub use select::{pick, Candidate};
 pub use server::{Availability, Server, ServerStatus};
+pub use tally::{Tally, TallyStatus};
 
 use crate::config::{HealthConfig, PoolConfig};
 use crate::metrics;
@@ -38,6 +40,11 @@ pub struct PoolStatus {
     pub tls: bool,
     /// Requests waiting for a server under its `max_conns`.
     pub queue_depth: usize,
+    /// The queue's `max_depth` (0: no queue).
+    pub queue_max_depth: usize,
+    /// Requests that left the queue: `failed` were shed, the others got a
+    /// server after waiting `time_sum_seconds` in all.
+    pub queue: TallyStatus,
     /// Members, then those draining (gone from DNS, requests in flight).
     pub servers: Vec<ServerStatus>,
 }
@@ -400,6 +407,8 @@ impl Pool {
             name: self.name.clone(),
             tls: self.tls,
             queue_depth: self.admission.depth(),
+            queue_max_depth: self.admission.max_depth(),
+            queue: self.admission.tally.read(),
             servers: members
                 .iter()
                 .chain(draining.iter())

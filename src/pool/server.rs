@@ -6,6 +6,7 @@
 use super::admission::Admission;
 use super::eject::{Ejection, Gate};
 use super::health::{HealthState, Transition};
+use super::tally::{Tally, TallyStatus};
 use crate::config::{PoolConfig, ServerConfig};
 use crate::metrics;
 use crate::tls::UpstreamTls;
@@ -53,6 +54,9 @@ pub struct Server {
     /// Left the pool (its address vanished from DNS): no new requests;
     /// those in flight finish.
     draining: AtomicBool,
+    /// Attempts, server failures among them, and time to first byte of
+    /// those answered (for `/status`).
+    tally: Tally,
 }
 
 struct ServerState {
@@ -122,6 +126,7 @@ impl Server {
             dial: tokio::sync::Mutex::new(()),
             spoke: AtomicU8::new(0),
             draining: AtomicBool::new(false),
+            tally: Tally::default(),
             state: Mutex::new(ServerState {
                 ejection: Ejection::new(pool.max_fails, pool.fail_timeout),
                 health,
@@ -269,6 +274,12 @@ impl Server {
         }
     }
 
+    /// Count one attempt for `/status`: a server failure or not, and how
+    /// long its answer took to begin if it answered.
+    pub fn count_attempt(&self, failure: bool, first_byte: Option<Duration>) {
+        self.tally.record(failure, first_byte);
+    }
+
     /// The backend asked for a pause: skip it until `until` (a later
     /// cooldown already in force stands).
     pub fn cool_until(&self, until: Instant) {
@@ -319,6 +330,7 @@ impl Server {
                 .cooldown_until
                 .filter(|u| *u > now)
                 .map(|u| u.saturating_duration_since(now).as_millis() as u64),
+            attempts: self.tally.read(),
             ejected_until: ejected_for.map(|d| {
                 humantime::format_rfc3339_millis(std::time::SystemTime::now() + d).to_string()
             }),
@@ -383,4 +395,7 @@ pub struct ServerStatus {
     pub ejected_until: Option<String>,
     /// Milliseconds left in a Retry-After cooldown.
     pub cooldown_for_ms: Option<u64>,
+    /// Attempts so far: `failed` are server failures, `timed` were
+    /// answered, after `time_sum_seconds` to first byte in all.
+    pub attempts: TallyStatus,
 }

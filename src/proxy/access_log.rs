@@ -24,6 +24,11 @@ pub struct AccessLog<'a> {
     /// Gateway error code, when the gateway answered itself.
     pub error: Option<&'static str>,
     pub forwarded: Option<Forwarded>,
+    /// When the response began to reach the client.
+    pub first_byte: Option<Instant>,
+    /// An event stream or an upgraded connection: its duration is the
+    /// whole stream, so latency objectives read its first byte instead.
+    pub streamed: bool,
 }
 
 impl AccessLog<'_> {
@@ -40,6 +45,8 @@ impl AccessLog<'_> {
             attempts: 0,
             error: None,
             forwarded: None,
+            first_byte: None,
+            streamed: false,
         }
     }
 
@@ -49,7 +56,16 @@ impl AccessLog<'_> {
         let route = self.route.unwrap_or("none");
         // Nothing was answered: the client went away first (nginx's 499).
         let status = if self.status == 0 { 499 } else { self.status };
-        metrics::request_done(route, status, duration.as_secs_f64());
+        let first_byte = self
+            .first_byte
+            .map(|at| at.saturating_duration_since(self.start).as_secs_f64());
+        metrics::request_done(
+            route,
+            status,
+            duration.as_secs_f64(),
+            self.streamed,
+            first_byte,
+        );
         tracing::info!(
             target: "ballast::access",
             method = %self.method,

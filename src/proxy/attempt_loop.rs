@@ -159,7 +159,7 @@ impl Gateway {
                         None => return PoolEnd::Done(false),
                         Some(Ok(lease)) => lease,
                         Some(Err(shed)) => {
-                            metrics::shed(&pool.name, shed.label());
+                            pool.admission.shed(shed);
                             let after = pool.admission.retry_after(Instant::now());
                             let err = GatewayError::shed(&pool.name, shed.label(), after);
                             return PoolEnd::CannotServe(Verdict::Error(err));
@@ -210,6 +210,11 @@ impl Gateway {
             };
             lease.record(outcome, now);
             metrics::attempt(&pool.name, &server.addr, &outcome.label());
+            let first_byte = result
+                .as_ref()
+                .ok()
+                .map(|a| a.first_byte_at.saturating_duration_since(sent_at));
+            server.count_attempt(outcome.is_server_failure(), first_byte);
             let asked = result
                 .as_ref()
                 .ok()
@@ -345,6 +350,8 @@ impl Gateway {
         }
         let answer = honest_busy(answer, outcome, pool, Instant::now());
         log.status = answer.head.status.as_u16();
+        log.first_byte = Some(Instant::now());
+        log.streamed = answer.head.status == 101 || respond::is_event_stream(&answer.head);
         let end = if answer.head.status == 101 {
             upgrade::splice(session, answer, &route.timeouts).await
         } else {

@@ -260,7 +260,8 @@ impl Connections {
 /// Answer a head that cannot be served, count it, and close.
 async fn refuse<T: Transport>(mut io: Box<T>, err: &GatewayError, started: Instant) {
     tracing::debug!(status = err.status, code = err.code, "request head refused");
-    metrics::request_done("none", err.status, started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::request_done("none", err.status, elapsed, false, Some(elapsed));
     if respond::raw_error(&mut *io, err).await.is_ok() {
         linger(&mut *io, REFUSED_LINGER).await;
     }

@@ -13,7 +13,7 @@ mod fallback;
 mod head;
 mod headers;
 mod request;
-mod respond;
+pub(crate) mod respond;
 mod rewound;
 mod upgrade;
 
@@ -211,6 +211,7 @@ impl Gateway {
     ) -> bool {
         log.status = err.status;
         log.error = Some(err.code);
+        log.first_byte = Some(Instant::now());
         respond::gateway_error(session, err).await
     }
 
@@ -257,7 +258,8 @@ impl Gateway {
                 let err = GatewayError::bad_request(
                     "malformed request head: conflicting or invalid framing or authority",
                 );
-                crate::metrics::request_done("none", err.status, started.elapsed().as_secs_f64());
+                let elapsed = started.elapsed().as_secs_f64();
+                crate::metrics::request_done("none", err.status, elapsed, false, Some(elapsed));
                 if let ServerSession::H1(h1) = session {
                     let mut stream = h1.into_inner();
                     let _ = respond::raw_error(&mut stream, &err).await;

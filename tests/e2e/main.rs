@@ -26,6 +26,7 @@ mod retries;
 mod shutdown;
 mod slow_readers;
 mod startup;
+mod status_page;
 mod streaming;
 mod tls_clients;
 mod tls_upstream;

@@ -1,6 +1,7 @@
-//! The admin listener: `/metrics` (Prometheus), `/healthz` (alive),
-//! `/readyz` (every route has a usable server), `/status` (JSON view of
-//! every pool and server) and `POST /reload` (read the config again).
+//! The admin listener: `/` (the status page), `/metrics` (Prometheus),
+//! `/healthz` (alive), `/readyz` (every route has a usable server),
+//! `/status` (JSON view of every pool and server) and `POST /reload` (read
+//! the config again).
 
 use crate::drain::Drain;
 use crate::generation::{Current, Generation};
@@ -14,12 +15,18 @@ use pingora_core::protocols::http::ServerSession;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The status page: one self-contained file (no external assets) that
+/// polls `/status` and draws it.
+const PAGE: &str = include_str!("page.html");
+
 pub struct Admin {
     reloader: Arc<Reloader>,
     drain: Arc<Drain>,
     current: Current,
     /// The client listeners' certificate expiry (Unix seconds), with TLS.
     cert_expires: Option<i64>,
+    started: Instant,
+    started_at: String,
 }
 
 impl Admin {
@@ -29,6 +36,8 @@ impl Admin {
             current: reloader.current().clone(),
             reloader,
             cert_expires,
+            started: Instant::now(),
+            started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         }
     }
 
@@ -72,9 +81,21 @@ impl Admin {
     fn status_json(&self, now: Instant) -> serde_json::Value {
         let gen = self.current.load_full();
         let pools: Vec<_> = gen.pools.iter().map(|p| p.snapshot(now)).collect();
+        let (sse, websocket) = metrics::streams_open();
         serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at": self.started_at,
+            // Readers turn the running totals below into rates over this.
+            "uptime_seconds": now.saturating_duration_since(self.started).as_secs_f64(),
             "generation": gen.number,
+            "draining": self.drain.is_draining(),
+            "last_reload": self.reloader.last(),
+            "streams": {"sse": sse, "websocket": websocket},
             "pools": pools,
+            "routes": gen.config.routes.iter().map(|r| serde_json::json!({
+                "name": r.name,
+                "pool": gen.pools[r.pool].name,
+            })).collect::<Vec<_>>(),
             "unready_routes": Admin::unready_routes(&gen, now),
             "tls": self.tls_json(&gen),
         })
@@ -105,6 +126,24 @@ fn respond(status: u16, content_type: &str, body: String) -> Response<Vec<u8>> {
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+/// The status page, allowed to talk to this listener only.
+fn page() -> Response<Vec<u8>> {
+    let mut res = respond(200, "text/html; charset=utf-8", PAGE.into());
+    let headers = res.headers_mut();
+    headers.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    res
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -112,6 +151,7 @@ impl ServeHttp for Admin {
         let path = session.req_header().uri.path().to_owned();
         let post = session.req_header().method == http::Method::POST;
         match path.as_str() {
+            "/" => page(),
             "/reload" if post => self.reload().await,
             "/reload" => respond(
                 405,
@@ -143,7 +183,7 @@ impl ServeHttp for Admin {
             _ => respond(
                 404,
                 "text/plain",
-                "not found; try /metrics /healthz /readyz /status, POST /reload\n".into(),
+                "not found; try / /metrics /healthz /readyz /status, POST /reload\n".into(),
             ),
         }
     }
