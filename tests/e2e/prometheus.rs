@@ -1,5 +1,6 @@
 //! A real Prometheus (Debian's `prometheus`, installed by scripts/test)
-//! scrapes the admin listener and sees Ballast's series.
+//! scrapes the admin listener, sees Ballast's series, and fires the shipped
+//! alert rules (deploy/prometheus/alerts.yml) when a backend fails.
 
 use crate::harness::*;
 use std::process::{Child, Command, Stdio};
@@ -19,12 +20,26 @@ impl Drop for Prometheus {
 }
 
 fn start_prometheus(target: &str) -> Prometheus {
+    start_prometheus_with_rules(target, None)
+}
+
+/// Prometheus scraping `target` every 200 ms and evaluating `rules` (the
+/// text of a rule file) as often.
+fn start_prometheus_with_rules(target: &str, rules: Option<&str>) -> Prometheus {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("prometheus.yml");
+    let rule_files = match rules {
+        Some(text) => {
+            std::fs::write(dir.path().join("alerts.yml"), text).unwrap();
+            "rule_files:\n  - alerts.yml\n"
+        }
+        None => "",
+    };
     std::fs::write(
         &cfg,
         format!(
-            "global:\n  scrape_interval: 200ms\nscrape_configs:\n  - job_name: ballast\n    \
+            "global:\n  scrape_interval: 200ms\n  evaluation_interval: 200ms\n{rule_files}\
+             scrape_configs:\n  - job_name: ballast\n    \
              static_configs:\n      - targets: [\"{target}\"]\n"
         ),
     )
@@ -106,4 +121,105 @@ async fn prometheus_scrapes_ballast() {
         "3",
     )
     .await;
+}
+
+/// The shipped rules with every `for:` cut to 1 s, so that a test sees
+/// them fire in seconds; the expressions are the shipped ones.
+fn shipped_rules_for_a_test() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/alerts.yml");
+    let text = std::fs::read_to_string(path).expect("deploy/prometheus/alerts.yml");
+    let cut: Vec<String> = text
+        .lines()
+        .map(|line| match line.trim_start().strip_prefix("for: ") {
+            Some(_) => format!("{}for: 1s", &line[..line.len() - line.trim_start().len()]),
+            None => line.to_string(),
+        })
+        .collect();
+    assert!(
+        cut.iter().any(|l| l.ends_with("for: 1s")),
+        "rules have for:"
+    );
+    cut.join("\n")
+}
+
+/// Poll `/api/v1/alerts` until `alert` is firing with these labels.
+async fn wait_firing(client: &reqwest::Client, prom: &str, alert: &str, labels: &[(&str, &str)]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(r) = client
+            .get(format!("http://{prom}/api/v1/alerts"))
+            .send()
+            .await
+        {
+            if let Ok(v) = r.json::<serde_json::Value>().await {
+                let firing = v["data"]["alerts"].as_array().is_some_and(|a| {
+                    a.iter().any(|x| {
+                        x["labels"]["alertname"] == alert
+                            && x["state"] == "firing"
+                            && labels.iter().all(|(k, want)| x["labels"][k] == *want)
+                            && x["annotations"]["summary"].is_string()
+                            && x["annotations"]["description"].is_string()
+                    })
+                });
+                if firing {
+                    return;
+                }
+                last = v.to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("alert {alert} {labels:?} never fired; last answer: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_alerts_fire_when_a_backend_fails() {
+    let failing = sim("failing").await;
+    failing.set_fault(status(500));
+    let server = failing.addr().to_string();
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        pool_toml(
+            "local",
+            std::slice::from_ref(&server),
+            "max_fails = 1\nfail_timeout = \"60s\"\n"
+        ),
+        route_toml("chat", "/", "local", "")
+    ))
+    .await;
+    let prom =
+        start_prometheus_with_rules(&gw.admin.to_string(), Some(&shipped_rules_for_a_test()));
+    let client = reqwest::Client::new();
+    wait_query(&client, &prom.addr, "up{job=\"ballast\"}", "1").await;
+    // The backend's 500s reach clients (5xx answered) and eject it.
+    for _ in 0..5 {
+        let r = gw.client.get(gw.url("/v1/models")).send().await.unwrap();
+        assert!(r.status().is_server_error(), "{}", r.status());
+    }
+    assert_eq!(gw.server_status(&server).await["state"], "ejected");
+    let instance = gw.admin.to_string();
+    wait_firing(
+        &client,
+        &prom.addr,
+        "BallastPoolNoUsableServer",
+        &[
+            ("pool", "local"),
+            ("instance", &instance),
+            ("severity", "critical"),
+        ],
+    )
+    .await;
+    // Requests keep failing (503 now: nothing usable) while Prometheus
+    // watches, since a rate needs two scrapes of a growing counter.
+    let traffic = async {
+        loop {
+            let _ = gw.client.get(gw.url("/v1/models")).send().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        _ = traffic => {}
+        _ = wait_firing(&client, &prom.addr, "BallastErrorRateHigh", &[("route", "chat")]) => {}
+    }
 }
