@@ -421,6 +421,8 @@ pub fn upstream_ejected(pool: &str, server: &str) {
 /// Make sure a server's series exist from start-up, at zero.
 pub fn register_pool(pool: &str) {
     queue_depth(pool, 0);
+    QUEUE_WAIT.with_label_values(&[pool]);
+    FIRST_BYTE.with_label_values(&[pool]);
     for reason in SHED_REASONS {
         SHED.with_label_values(&[pool, reason]);
     }

@@ -223,3 +223,125 @@ async fn shipped_alerts_fire_when_a_backend_fails() {
         _ = wait_firing(&client, &prom.addr, "BallastErrorRateHigh", &[("route", "chat")]) => {}
     }
 }
+
+/// Every PromQL expression of the shipped Grafana dashboard (panels,
+/// variables, annotations), with its variables filled in.
+fn dashboard_queries() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/ballast.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("deploy/grafana/ballast.json"))
+            .expect("the dashboard is JSON");
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr" | "definition", serde_json::Value::String(s)) => {
+                            out.push(s.clone())
+                        }
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dashboard, &mut out);
+    out.into_iter()
+        .map(|q| {
+            // label_values(metric{…}, label) is Grafana's: query the selector.
+            let q = match q.strip_prefix("label_values(") {
+                Some(rest) => rest[..rest.rfind(',').unwrap_or(rest.len())].to_string(),
+                None => q,
+            };
+            q.replace("$__rate_interval", "1m")
+                .replace("$job", ".*")
+                .replace("$route", ".*")
+                .replace("$pool", ".*")
+        })
+        .collect()
+}
+
+/// Metric names a query reads (histogram series by their family name).
+fn metric_names(query: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = query;
+    while let Some(i) = rest.find("ballast_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.push(family.to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_reads_only_metrics_ballast_exports() {
+    let a = sim("a").await;
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        pool_toml("local", &[a.addr().to_string()], ""),
+        route_toml("chat", "/", "local", "")
+    ))
+    .await;
+    // One answer of each kind, so that every family has a series.
+    let r = gw.client.get(gw.url("/v1/models")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        whole_stream(
+            &gw.client,
+            &gw.url("/v1/chat/completions"),
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#
+        )
+        .await
+    );
+    let exported: std::collections::HashSet<String> = gw
+        .metrics()
+        .await
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    let queries = dashboard_queries();
+    assert!(queries.len() > 20, "{queries:?}");
+    for q in &queries {
+        let names = metric_names(q);
+        assert!(
+            !names.is_empty() || q == "prometheus",
+            "{q} reads no Ballast metric"
+        );
+        for name in names {
+            assert!(
+                exported.contains(&name),
+                "the dashboard reads {name}, which Ballast does not export ({q})"
+            );
+        }
+    }
+
+    // And each is a query Prometheus accepts.
+    let prom = start_prometheus(&gw.admin.to_string());
+    let client = reqwest::Client::new();
+    wait_query(&client, &prom.addr, "up{job=\"ballast\"}", "1").await;
+    for q in queries.iter().filter(|q| q.contains("ballast_")) {
+        let v: serde_json::Value = client
+            .get(format!("http://{}/api/v1/query", prom.addr))
+            .query(&[("query", q.as_str())])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["status"], "success", "Prometheus refused {q}: {v}");
+    }
+}
