@@ -17,6 +17,7 @@ pub mod openai;
 pub mod outcome;
 pub mod path;
 pub mod pool;
+pub mod probe;
 pub mod proxy;
 pub mod queue;
 pub mod redact;

@@ -1,5 +1,5 @@
-//! `ballast`: run the gateway (default), check a config, run the demo, or
-//! run simulated model backends.
+//! `ballast`: run the gateway (default), check a config, run the demo, run
+//! simulated model backends, or probe a running gateway's health.
 
 use anyhow::Context;
 use ballast::config;
@@ -14,8 +14,14 @@ use std::process::ExitCode;
     about = "A gateway that makes \"server busy\" disappear"
 )]
 struct Cli {
-    /// Config file (TOML).
-    #[arg(long, short, global = true, default_value = "config/ballast.toml")]
+    /// Config file (TOML); the BALLAST_CONFIG environment variable sets it too.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "BALLAST_CONFIG",
+        default_value = "config/ballast.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -36,6 +42,14 @@ enum Command {
     Demo,
     /// Run simulated OpenAI-compatible model backends.
     Sim(ballast::sim::SimArgs),
+    /// Ask the running gateway's admin listener (from the config) whether it
+    /// is alive: exit 0 if /healthz answers 200 (with --ready, /readyz).
+    /// The container image's health check.
+    Probe {
+        /// Ask /readyz (every route has a usable server, not draining).
+        #[arg(long)]
+        ready: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +68,10 @@ fn main() -> ExitCode {
         Command::Run { upgrade } => exit(run(&cli.config, false, upgrade)),
         Command::Demo => exit(run(&cli.config, true, false)),
         Command::Sim(args) => exit(run_sim(args)),
+        Command::Probe { ready } => {
+            let path = if ready { "/readyz" } else { "/healthz" };
+            exit(ballast::probe::probe(&cli.config, path))
+        }
     }
 }
 

@@ -291,3 +291,30 @@ fn the_deepseek_example_passes() {
         "{err}"
     );
 }
+
+/// The configs shipped for containers (deploy/compose, deploy/k8s) pass
+/// `ballast check` with their key set. Their host names exist only inside
+/// compose or a cluster, so the test's own name server stands in for
+/// theirs (nothing is looked up at check time then).
+#[test]
+fn the_deploy_configs_pass() {
+    for file in ["deploy/compose/ballast.toml", "deploy/k8s/ballast.toml"] {
+        let text = std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+            .replace("[server]\n", "[server]\nresolver = [\"127.0.0.1:5353\"]\n");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ballast.toml");
+        std::fs::write(&path, &text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("DEEPSEEK_API_KEY", "sk-test")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

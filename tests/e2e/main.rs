@@ -19,6 +19,7 @@ mod malformed;
 mod memory;
 mod openai_client;
 mod paths;
+mod probe;
 mod prometheus;
 mod proxying;
 mod reload;
