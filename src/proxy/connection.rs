@@ -101,8 +101,12 @@ impl Connections {
             }
             _ => return,
         }
+        // Pinned here so that a handshake cut by the deadline is counted
+        // before its socket is dropped (a client that sees the close and
+        // asks for the metric must find it).
         let handshake = tls.acceptor.tls_handshake(*tcp);
-        let stream = match tokio::time::timeout_at(deadline, handshake).await {
+        tokio::pin!(handshake);
+        let stream = match tokio::time::timeout_at(deadline, &mut handshake).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 tracing::debug!(error = %crate::redact::Redacted(&e), "client TLS handshake failed");
