@@ -138,6 +138,10 @@ async fn status_page_shows_every_server_and_its_state_in_chromium() {
         gw.wait_server(s, "down", |st| st["state"] == "down").await;
     }
 
+    // A reload (of the same file) shows as the page's last reload.
+    let (code, _) = gw.reload().await;
+    assert_eq!(code, 200);
+
     let url = gw.admin_url("/");
     let want = |pool: &str, server: &String, state: &str| {
         (pool.to_string(), server.clone(), state.to_string())
@@ -185,6 +189,10 @@ async fn status_page_shows_every_server_and_its_state_in_chromium() {
     assert!(
         dom.contains("0 of 200 usable"),
         "the fleet's summary counts its usable servers"
+    );
+    assert!(
+        dom.contains("data-generation=\"2\"") && dom.contains("(POST /reload)"),
+        "the last reload and the generation it made are shown"
     );
 
     // A screenshot for people (the README's comes from here).
