@@ -18,6 +18,8 @@ pub struct GatewayError {
     pub message: String,
     /// Sent as `Retry-After` (whole seconds, rounded up) when set.
     pub retry_after: Option<Duration>,
+    /// More headers to answer with (`x-ratelimit-*`, `WWW-Authenticate`).
+    pub headers: Box<[(&'static str, String)]>,
 }
 
 impl GatewayError {
@@ -29,7 +31,15 @@ impl GatewayError {
             code,
             message: message.into(),
             retry_after: None,
+            headers: Box::default(),
         }
+    }
+
+    pub fn with_headers(mut self, headers: Vec<(&'static str, String)>) -> Self {
+        let mut all = std::mem::take(&mut self.headers).into_vec();
+        all.extend(headers);
+        self.headers = all.into_boxed_slice();
+        self
     }
 
     pub fn with_retry_after(mut self, after: Duration) -> Self {

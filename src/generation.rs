@@ -52,6 +52,7 @@ impl Generation {
         for r in &config.routes {
             metrics::register_route(&r.name);
         }
+        register_keys(&config);
         Generation {
             number: 1,
             routes: RouteTable::new(&config.routes),
@@ -139,6 +140,7 @@ impl Generation {
             .filter(|o| !config.routes.iter().any(|r| r.name == o.name))
             .map(|o| o.name.clone())
             .collect();
+        register_keys(&config);
         let next = Generation {
             number: self.number + 1,
             routes: RouteTable::new(&config.routes),
@@ -159,6 +161,13 @@ impl Generation {
         self.budgets[route_idx]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Client keys' usage series, at zero from the start.
+fn register_keys(config: &Config) {
+    for name in config.auth.iter().flat_map(|a| a.keys.names()) {
+        metrics::register_key(name);
     }
 }
 
@@ -245,6 +254,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
     keep!(log, "log");
     keep!(limits.keepalive_idle, "limits.keepalive_idle");
     keep!(limits.max_buffered_bytes, "limits.max_buffered_bytes");
+    keep!(ratelimit, "ratelimit");
     kept
 }
 

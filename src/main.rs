@@ -50,6 +50,23 @@ enum Command {
         #[arg(long)]
         ready: bool,
     },
+    /// Client keys: hash one for the key file, or make a new one.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Print the SHA-256 of a key (read from stdin, so that it stays out of
+    /// the shell's history) as the key file's `sha256` wants it.
+    Hash,
+    /// Make a new random key: prints the key (give it to the client) and
+    /// a [[key]] entry with its hash (for the key file).
+    New {
+        /// The key's name in logs, metrics and /status.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +85,33 @@ fn main() -> ExitCode {
         Command::Run { upgrade } => exit(run(&cli.config, false, upgrade)),
         Command::Demo => exit(run(&cli.config, true, false)),
         Command::Sim(args) => exit(run_sim(args)),
+        Command::Key(KeyCommand::Hash) => {
+            let mut key = String::new();
+            if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {
+                eprintln!("ballast key hash: give the key on stdin, e.g. `printf %s \"$KEY\" | ballast key hash`");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", ballast::keys::hash_hex(key.trim()));
+            ExitCode::SUCCESS
+        }
+        Command::Key(KeyCommand::New { name }) => {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                eprintln!("ballast key new: --name must be letters, digits, '-', '_' or '.'");
+                return ExitCode::FAILURE;
+            }
+            let key = ballast::keys::generate();
+            println!("key: {key}");
+            println!();
+            println!(
+                "[[key]]\nname = \"{name}\"\nsha256 = \"{}\"",
+                ballast::keys::hash_hex(&key)
+            );
+            ExitCode::SUCCESS
+        }
         Command::Probe { ready } => {
             let path = if ready { "/readyz" } else { "/healthz" };
             exit(ballast::probe::probe(&cli.config, path))

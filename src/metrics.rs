@@ -322,6 +322,91 @@ pub fn stream_abort(reason: &str) {
     STREAM_ABORTS.with_label_values(&[reason]).inc();
 }
 
+static KEY_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_key_requests_total",
+        "Requests admitted per client key (by its name)",
+        &["key"]
+    )
+    .expect("metric ballast_key_requests_total registers")
+});
+
+static KEY_TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_key_tokens_total",
+        "Tokens per client key: prompt (estimated at the edge) and completion (counted from answers)",
+        &["key", "kind"]
+    )
+    .expect("metric ballast_key_tokens_total registers")
+});
+
+static KEY_REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_key_rejections_total",
+        "Requests of a client key turned away: rpm, tpm, concurrency (429), route, model (403)",
+        &["key", "reason"]
+    )
+    .expect("metric ballast_key_rejections_total registers")
+});
+
+static AUTH_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_auth_failures_total",
+        "Requests refused with 401: missing (no key presented) or invalid (not a known key)",
+        &["reason"]
+    )
+    .expect("metric ballast_auth_failures_total registers")
+});
+
+static RATELIMIT_STORE_UP: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "ballast_ratelimit_store_up",
+        "1 if the rate-limit counters (Redis with [ratelimit] redis) answered last time, 0 if not"
+    )
+    .expect("metric ballast_ratelimit_store_up registers")
+});
+
+static RATELIMIT_STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_ratelimit_store_errors_total",
+        "Rate-limit store failures by what happened: allowed (fail_open), refused (503), dropped (a count was lost)",
+        &["decision"]
+    )
+    .expect("metric ballast_ratelimit_store_errors_total registers")
+});
+
+pub fn key_request(key: &str) {
+    KEY_REQUESTS.with_label_values(&[key]).inc();
+}
+
+pub fn key_tokens(key: &str, kind: &str, n: u64) {
+    KEY_TOKENS.with_label_values(&[key, kind]).inc_by(n);
+}
+
+pub fn key_rejected(key: &str, reason: &str) {
+    KEY_REJECTIONS.with_label_values(&[key, reason]).inc();
+}
+
+pub fn auth_failure(reason: &str) {
+    AUTH_FAILURES.with_label_values(&[reason]).inc();
+}
+
+pub fn ratelimit_store_up(up: bool) {
+    RATELIMIT_STORE_UP.set(i64::from(up));
+}
+
+pub fn ratelimit_store_error(decision: &str) {
+    RATELIMIT_STORE_ERRORS.with_label_values(&[decision]).inc();
+}
+
+/// A client key's series, at zero from the start (a reload adds new keys').
+pub fn register_key(key: &str) {
+    KEY_REQUESTS.with_label_values(&[key]);
+    for kind in ["prompt", "completion"] {
+        KEY_TOKENS.with_label_values(&[key, kind]);
+    }
+}
+
 /// Touch every metric so they all appear in the first scrape.
 pub fn init() {
     LazyLock::force(&REQUESTS);
@@ -344,6 +429,9 @@ pub fn init() {
     LazyLock::force(&CLIENT_CONNECTIONS);
     LazyLock::force(&BUFFERED_BYTES);
     CONNECTIONS_REFUSED.with_label_values(&["max_connections"]);
+    for reason in ["missing", "invalid"] {
+        AUTH_FAILURES.with_label_values(&[reason]);
+    }
     for result in ["ok", "error"] {
         CONFIG_RELOADS.with_label_values(&[result]);
     }

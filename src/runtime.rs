@@ -251,9 +251,22 @@ pub fn run(path: &std::path::Path, mut config: Config, upgrade: bool) -> anyhow:
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
+    // A request in flight longer than any route's deadline (plus a
+    // minute) was left by a gateway that died: it no longer counts.
+    let stale = config
+        .routes
+        .iter()
+        .map(|r| r.timeouts.total)
+        .max()
+        .unwrap_or_default()
+        + std::time::Duration::from_secs(60);
+    let limiter = crate::ratelimit::Limiter::new(&config.ratelimit, stale)?;
     let mut gateway = Service::new(
         "ballast gateway".to_string(),
-        Connections::new(Gateway::new(current.clone(), drain.clone()), listener_tls),
+        Connections::new(
+            Gateway::new(current.clone(), drain.clone(), limiter),
+            listener_tls,
+        ),
     );
     for addr in &config.server.listen {
         gateway.add_tcp_with_settings(addr, client_socket_options());

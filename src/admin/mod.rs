@@ -98,6 +98,7 @@ impl Admin {
             })).collect::<Vec<_>>(),
             "unready_routes": Admin::unready_routes(&gen, now),
             "tls": self.tls_json(&gen),
+            "keys": gen.config.auth.as_ref().map(|a| a.keys.status()),
         })
     }
 

@@ -14,6 +14,38 @@ pub struct Config {
     pub log: LogSection,
     pub pools: Vec<PoolConfig>,
     pub routes: Vec<RouteConfig>,
+    /// Client keys (`[auth]`), read when the config was loaded.
+    pub auth: Option<AuthSection>,
+    pub ratelimit: RateLimitSection,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthSection {
+    /// Where the keys came from (`keys_file` or `keys_env`), for messages.
+    pub source: String,
+    pub keys: std::sync::Arc<crate::keys::KeySet>,
+}
+
+#[derive(Clone, PartialEq)]
+pub struct RateLimitSection {
+    /// Counters shared by every gateway through this Redis; `None`: per
+    /// process.
+    pub redis: Option<String>,
+    /// Redis unreachable: let requests through (true) or refuse them (503).
+    pub fail_open: bool,
+    /// Longest a Redis round trip may take before it counts as unreachable.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RateLimitSection {
+    // The Redis URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitSection")
+            .field("redis", &self.redis.as_ref().map(|_| "…"))
+            .field("fail_open", &self.fail_open)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -179,6 +211,8 @@ pub struct RouteConfig {
     /// Protocols a client may switch to (`Upgrade:`), lowercase; any other
     /// `Upgrade` is removed and the request served as an ordinary one.
     pub upgrades: Vec<String>,
+    /// Clients must present a key of `[auth]`.
+    pub require_key: bool,
     pub retry: RetryConfig,
     pub timeouts: Timeouts,
 }

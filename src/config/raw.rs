@@ -37,6 +37,26 @@ pub(crate) struct RawConfig {
     pub pool: Vec<Spanned<RawPool>>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
+    pub auth: Option<RawAuth>,
+    #[serde(default)]
+    pub ratelimit: RawRateLimit,
+}
+
+/// `[auth]`: where the client keys are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuth {
+    pub keys_file: Opt<String>,
+    pub keys_env: Opt<String>,
+}
+
+/// `[ratelimit]`: where per-key counters live.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub redis: Opt<String>,
+    pub fail_open: Opt<bool>,
+    pub timeout: Opt<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +170,7 @@ pub(crate) struct RawRoute {
     pub stream_include_usage: Opt<bool>,
     pub priority_header: Opt<String>,
     pub upgrades: Option<Vec<Spanned<String>>>,
+    pub require_key: Opt<bool>,
     pub retry: Option<RawRetry>,
     pub timeouts: Option<RawTimeouts>,
 }

@@ -160,9 +160,16 @@ fn example_file_parses_into_expected_model() {
             upgrades: vec!["websocket".to_owned()],
             max_tokens_limit: None,
             stream_include_usage: false,
+            require_key: false,
             retry: default_retry(),
             timeouts: default_timeouts(),
         }],
+        auth: None,
+        ratelimit: RateLimitSection {
+            redis: None,
+            fail_open: true,
+            timeout: Duration::from_millis(100),
+        },
     };
     assert_eq!(config, expected);
     assert!(config.server.threads >= 1);
@@ -433,6 +440,7 @@ fn defaults() {
             upgrades: vec!["websocket".to_owned()],
             max_tokens_limit: None,
             stream_include_usage: false,
+            require_key: false,
             retry: default_retry(),
             timeouts: default_timeouts(),
         }]

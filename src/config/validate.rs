@@ -16,9 +16,13 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::locate::LineIndex;
-use super::model::{AdminSection, Config, Limits, LogFormat, LogSection, ServerSection, TlsFiles};
+use super::model::{
+    AdminSection, AuthSection, Config, Limits, LogFormat, LogSection, RateLimitSection,
+    ServerSection, TlsFiles,
+};
 use super::raw::{
-    Opt, RawAdmin, RawConfig, RawLimits, RawListenerTls, RawLog, RawServer, StrOrInt,
+    Opt, RawAdmin, RawAuth, RawConfig, RawLimits, RawListenerTls, RawLog, RawRateLimit, RawServer,
+    StrOrInt,
 };
 use super::ConfigProblem;
 
@@ -89,6 +93,19 @@ impl Checker<'_> {
             );
         }
         let routes = self.routes(&raw.route, &raw.pool);
+        let auth = raw.auth.as_ref().and_then(|a| self.auth(a));
+        if auth.is_none() {
+            for (i, r) in raw.route.iter().enumerate() {
+                if let Some(req) = r.get_ref().require_key.as_ref().filter(|b| *b.get_ref()) {
+                    self.report(
+                        Some(req.span()),
+                        format!("route[{i}].require_key"),
+                        "needs client keys: add [auth] with keys_file or keys_env",
+                    );
+                }
+            }
+        }
+        let ratelimit = self.ratelimit(&raw.ratelimit);
         Config {
             server,
             admin,
@@ -96,6 +113,8 @@ impl Checker<'_> {
             log,
             pools,
             routes,
+            auth,
+            ratelimit,
         }
     }
 
@@ -211,6 +230,103 @@ impl Checker<'_> {
             self.report(span, key, p.message);
         }
         Some(files)
+    }
+
+    /// `[auth]`: the key file (or environment variable holding its text),
+    /// read and checked now.
+    fn auth(&mut self, raw: &RawAuth) -> Option<AuthSection> {
+        let (source, text) = match (&raw.keys_file, &raw.keys_env) {
+            (Some(file), None) => {
+                let path = file.get_ref().trim();
+                match std::fs::read_to_string(path) {
+                    Ok(text) => (path.to_owned(), text),
+                    Err(e) => {
+                        self.report(
+                            Some(file.span()),
+                            "auth.keys_file",
+                            format!("cannot read key file '{path}': {e}"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            (None, Some(var)) => {
+                let name = var.get_ref().trim();
+                match std::env::var(name) {
+                    Ok(text) => (format!("${name}"), text),
+                    Err(_) => {
+                        self.report(
+                            Some(var.span()),
+                            "auth.keys_env",
+                            format!("environment variable `{name}` is not set"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            (Some(f), Some(_)) => {
+                self.report(
+                    Some(f.span()),
+                    "auth",
+                    "set keys_file or keys_env, not both",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.report(
+                    None,
+                    "auth",
+                    "set keys_file (or keys_env) to the client keys",
+                );
+                return None;
+            }
+        };
+        let span = span_of(&raw.keys_file).or(span_of(&raw.keys_env));
+        let key = if raw.keys_file.is_some() {
+            "auth.keys_file"
+        } else {
+            "auth.keys_env"
+        };
+        match crate::keys::KeySet::parse(&source, &text) {
+            Ok(keys) => Some(AuthSection {
+                source,
+                keys: std::sync::Arc::new(keys),
+            }),
+            Err(problems) => {
+                for p in problems {
+                    self.report(span.clone(), key, p);
+                }
+                None
+            }
+        }
+    }
+
+    /// `[ratelimit]`: per process, or shared through Redis.
+    fn ratelimit(&mut self, raw: &RawRateLimit) -> RateLimitSection {
+        let redis = raw.redis.as_ref().and_then(|r| {
+            let url = r.get_ref().trim();
+            if url.starts_with("redis://") || url.starts_with("rediss://") {
+                Some(url.to_owned())
+            } else {
+                // The value may hold a password: not repeated here.
+                self.report(
+                    Some(r.span()),
+                    "ratelimit.redis",
+                    "must be a redis:// (or rediss://) URL, e.g. \"redis://10.0.0.5:6379/0\"",
+                );
+                None
+            }
+        });
+        RateLimitSection {
+            redis,
+            fail_open: raw.fail_open.as_ref().is_none_or(|b| *b.get_ref()),
+            timeout: self.duration(
+                &raw.timeout,
+                "ratelimit.timeout",
+                Duration::from_millis(100),
+                false,
+            ),
+        }
     }
 
     fn admin(&mut self, raw: &RawAdmin, server: &ServerSection) -> AdminSection {

@@ -29,6 +29,10 @@ pub struct AccessLog<'a> {
     /// An event stream or an upgraded connection: its duration is the
     /// whole stream, so latency objectives read its first byte instead.
     pub streamed: bool,
+    /// The client key's name (never the key).
+    pub key: Option<String>,
+    /// Completion tokens counted in the answer (for a client key).
+    pub completion_tokens: Option<u64>,
 }
 
 impl AccessLog<'_> {
@@ -47,6 +51,8 @@ impl AccessLog<'_> {
             forwarded: None,
             first_byte: None,
             streamed: false,
+            key: None,
+            completion_tokens: None,
         }
     }
 
@@ -71,6 +77,7 @@ impl AccessLog<'_> {
             method = %self.method,
             path = %Bounded(self.uri.path()),
             route,
+            key = self.key.as_deref().unwrap_or(""),
             pool = self.pool.unwrap_or(""),
             servers = %Servers(&self.servers),
             status,

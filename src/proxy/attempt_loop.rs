@@ -32,6 +32,10 @@ pub struct Request<'r> {
     pub priority: Priority,
     /// The protocols offered upstream in `Upgrade`, if any.
     pub upgrade: Option<&'r http::HeaderValue>,
+    /// Added to the backend's answer (a client key's `x-ratelimit-*`).
+    pub response_headers: &'r [(&'static str, String)],
+    /// Count the answer's completion tokens (`AccessLog::completion_tokens`).
+    pub count_usage: bool,
 }
 
 /// How trying one pool ended.
@@ -351,6 +355,10 @@ impl Gateway {
         let answer = honest_busy(answer, outcome, pool, Instant::now());
         log.status = answer.head.status.as_u16();
         log.first_byte = Some(Instant::now());
+        let mut answer = answer;
+        for (name, value) in req.response_headers {
+            let _ = answer.head.insert_header(*name, value.as_str());
+        }
         log.streamed = answer.head.status == 101 || respond::is_event_stream(&answer.head);
         let end = if answer.head.status == 101 {
             upgrade::splice(session, answer, &route.timeouts).await
@@ -361,7 +369,17 @@ impl Gateway {
                 require_done: route.openai,
                 cut: self.drain.cut(),
             };
-            respond::forward(session, answer, &self.connector, &server.peer(), &how).await
+            let (end, tokens) = respond::forward(
+                session,
+                answer,
+                &self.connector,
+                &server.peer(),
+                &how,
+                req.count_usage,
+            )
+            .await;
+            log.completion_tokens = tokens;
+            end
         };
         log.forwarded = Some(end);
         drop(lease);

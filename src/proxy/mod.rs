@@ -6,6 +6,7 @@ mod access_log;
 mod attempt;
 mod attempt_loop;
 mod buffered;
+mod caller;
 mod compress;
 mod connection;
 mod edge;
@@ -16,6 +17,7 @@ mod request;
 pub(crate) mod respond;
 mod rewound;
 mod upgrade;
+mod usage;
 
 use crate::config::Priority;
 use crate::drain::Drain;
@@ -48,10 +50,16 @@ pub struct Gateway {
     server_options: HttpServerOptions,
     /// Request bytes held across all connections.
     buffers: Arc<buffered::BufferBudget>,
+    /// Client keys' limits (kept across reloads: counts belong to names).
+    limiter: Arc<crate::ratelimit::Limiter>,
 }
 
 impl Gateway {
-    pub fn new(current: Current, drain: Arc<Drain>) -> Self {
+    pub fn new(
+        current: Current,
+        drain: Arc<Drain>,
+        limiter: Arc<crate::ratelimit::Limiter>,
+    ) -> Self {
         let config = current.load().config.clone();
         let mut server_options = HttpServerOptions::default();
         server_options.h2c = true;
@@ -64,6 +72,7 @@ impl Gateway {
             drain,
             connector: Connector::new(None),
             server_options,
+            limiter,
         }
     }
 
@@ -94,6 +103,22 @@ impl Gateway {
                 .await;
             return ok && keep;
         }
+        // A key, when some route of this path asks for one: checked, and
+        // counted against its limits, before the body is read.
+        let key = match caller::identify(&gen.config, &path, &session.req_header().headers) {
+            Ok(key) => key,
+            Err(e) => return self.reject(session, log, &e).await,
+        };
+        let caller = match key {
+            None => None,
+            Some(key) => {
+                log.key = Some(key.name.clone());
+                match caller::admit(&self.limiter, key).await {
+                    Ok(c) => Some(c),
+                    Err(e) => return self.reject(session, log, &e).await,
+                }
+            }
+        };
         // The route may depend on the body (its model): until it is known,
         // the body may take as long as the most patient candidate allows,
         // and never longer than body_timeout.
@@ -146,6 +171,24 @@ impl Gateway {
         let route_idx = prepared.route_idx;
         let body = prepared.body;
         let route = &gen.config.routes[route_idx];
+        let mut response_headers = Vec::new();
+        if let Some(c) = &caller {
+            let model = c
+                .key
+                .models
+                .is_some()
+                .then(|| crate::openai::peek_model(&body))
+                .flatten();
+            if let Err(e) = caller::permitted(c.key, &route.name, model.as_deref()) {
+                return self.reply(session, log, &e).await;
+            }
+            let prompt = caller::prompt_tokens(&body);
+            self.limiter.add_tokens(&c.key.name, prompt);
+            crate::metrics::key_tokens(&c.key.name, "prompt", prompt);
+            if let Some(h) = &c.grant.headers {
+                response_headers = h.pairs();
+            }
+        }
         let pool = &gen.pools[route.pool];
         log.route = Some(&route.name);
         log.pool = Some(&pool.name);
@@ -158,6 +201,12 @@ impl Gateway {
             session
                 .req_header_mut()
                 .remove_header(&http::header::UPGRADE);
+        }
+        if caller.is_some() {
+            // The client's key is for this gateway: no backend sees it.
+            let req = session.req_header_mut();
+            req.remove_header(&http::header::AUTHORIZATION);
+            req.remove_header("x-api-key");
         }
         let client_ip = session
             .client_addr()
@@ -195,10 +244,20 @@ impl Gateway {
             head: &up_req,
             body: &body,
             deadline,
-            priority: priority(route, session.req_header()),
+            priority: caller
+                .as_ref()
+                .and_then(|c| c.key.priority)
+                .unwrap_or_else(|| priority(route, session.req_header())),
             upgrade: upgrade.as_ref(),
+            response_headers: &response_headers,
+            count_usage: caller.is_some(),
         };
-        self.attempt_loop(gen, session, log, request).await
+        let reuse = self.attempt_loop(gen, session, log, request).await;
+        if let (Some(c), Some(tokens)) = (&caller, log.completion_tokens) {
+            self.limiter.add_tokens(&c.key.name, tokens);
+            crate::metrics::key_tokens(&c.key.name, "completion", tokens);
+        }
+        reuse
     }
 
     /// Answer with a gateway error; the connection stays usable if the

@@ -7,6 +7,7 @@
 use super::attempt::Answer;
 use super::compress::Compressor;
 use super::headers;
+use super::usage::UsageTap;
 use crate::error::GatewayError;
 use crate::metrics;
 use crate::redact::Redacted;
@@ -40,6 +41,9 @@ pub async fn gateway_error(session: &mut ServerSession, err: &GatewayError) -> b
         && head.insert_header("cache-control", "no-store").is_ok();
     if let Some(secs) = err.retry_after_secs() {
         ok &= head.insert_header("retry-after", secs.to_string()).is_ok();
+    }
+    for (name, value) in &err.headers {
+        ok &= head.insert_header(*name, value.as_str()).is_ok();
     }
     if !ok {
         tracing::error!("setting error response headers failed");
@@ -169,13 +173,16 @@ pub struct Forwarding {
     pub cut: tokio::sync::watch::Receiver<bool>,
 }
 
+/// Forward `answer` to the client; with `count_usage`, also the completion
+/// tokens it carried (see `usage::UsageTap`).
 pub async fn forward(
     session: &mut ServerSession,
     answer: Answer,
     connector: &Connector,
     peer: &HttpPeer,
     how: &Forwarding,
-) -> Forwarded {
+    count_usage: bool,
+) -> (Forwarded, Option<u64>) {
     let Answer {
         session: mut upstream,
         head,
@@ -197,15 +204,19 @@ pub async fn forward(
         .map(str::to_owned);
     // A HEAD answer has no body to compress; its head stays the backend's.
     let no_body = session.req_header().method == http::Method::HEAD;
-    let body = Body {
+    // An encoded upstream body cannot be read for its usage.
+    let encoded = head.headers.contains_key(http::header::CONTENT_ENCODING);
+    let mut body = Body {
         compressor: Compressor::for_response(accept_encoding.as_deref(), &mut head, sse || no_body),
         done_watch: (sse && how.require_done).then(DoneWatch::default),
         flushed: false,
+        usage: (count_usage && !encoded).then(UsageTap::default),
     };
     let started = Instant::now();
     let _active = sse.then(|| metrics::ActiveStream::new("sse"));
 
-    let end = pump(session, &mut upstream, head, first, done, how, body).await;
+    let end = pump(session, &mut upstream, head, first, done, how, &mut body).await;
+    let tokens = body.usage.as_ref().map(UsageTap::tokens);
     if sse {
         metrics::stream_done("sse", started.elapsed().as_secs_f64());
     }
@@ -247,7 +258,7 @@ pub async fn forward(
             let _ = fast_timeout(how.client_write, session.shutdown()).await;
         }
     }
-    end
+    (end, tokens)
 }
 
 /// What happens to body bytes on their way to the client.
@@ -256,12 +267,16 @@ struct Body {
     done_watch: Option<DoneWatch>,
     /// The compressor has been told the body ended.
     flushed: bool,
+    usage: Option<UsageTap>,
 }
 
 impl Body {
     fn pass(&mut self, chunk: Bytes, end: bool) -> Bytes {
         if let Some(w) = &mut self.done_watch {
             w.feed(&chunk);
+        }
+        if let Some(u) = &mut self.usage {
+            u.feed(&chunk);
         }
         self.flushed |= end;
         self.compressor.chunk(chunk, end)
@@ -351,7 +366,7 @@ async fn pump(
     first: Option<Bytes>,
     done: bool,
     how: &Forwarding,
-    mut body: Body,
+    body: &mut Body,
 ) -> Forwarded {
     let limit = how.client_write;
     match fast_timeout(limit, session.write_response_header(Box::new(head))).await {

@@ -4,6 +4,7 @@
 mod admission;
 mod balancing;
 mod certs;
+mod client_keys;
 mod config_check;
 mod connections;
 mod credentials;

@@ -17,8 +17,10 @@ def main() -> None:
     # BALLAST_TEST_CA: the gateway speaks TLS with a certificate from this CA.
     ca = os.environ.get("BALLAST_TEST_CA")
     http_client = openai.DefaultHttpxClient(verify=ca) if ca else None
+    # BALLAST_TEST_KEY: the client key, for routes that require one.
+    api_key = os.environ.get("BALLAST_TEST_KEY", "unused")
     client = openai.OpenAI(
-        base_url=base_url, api_key="unused", max_retries=0, timeout=30, http_client=http_client
+        base_url=base_url, api_key=api_key, max_retries=0, timeout=30, http_client=http_client
     )
     messages = [{"role": "user", "content": "hi"}]
     out = {"scenario": scenario}
@@ -33,6 +35,26 @@ def main() -> None:
                     parts.append(chunk.choices[0].delta.content)
             out["content"] = "".join(parts)
             out["chunks"] = len(parts)
+        elif scenario == "rate_limited":
+            # The first fits the key's limit; the second must raise the
+            # SDK's RateLimitError, with what a client backs off by.
+            client.chat.completions.create(model="sim-model", messages=messages)
+            try:
+                client.chat.completions.create(model="sim-model", messages=messages)
+                out["second"] = "accepted"
+            except openai.RateLimitError as e:
+                out["second"] = "RateLimitError"
+                out["status"] = e.status_code
+                out["retry_after"] = e.response.headers.get("retry-after")
+                out["remaining"] = e.response.headers.get("x-ratelimit-remaining-requests")
+                out["code"] = e.code
+        elif scenario == "unauthorized":
+            try:
+                client.chat.completions.create(model="sim-model", messages=messages)
+                out["first"] = "accepted"
+            except openai.AuthenticationError as e:
+                out["first"] = "AuthenticationError"
+                out["code"] = e.code
         elif scenario == "malformed":
             # The SDK does not check types; the gateway must.
             client.chat.completions.create(model="sim-model", messages="hi")

@@ -400,3 +400,50 @@ fn trusted_proxies_are_addresses_or_cidrs() {
         p[0].message
     );
 }
+
+#[test]
+fn client_keys_and_rate_limits() {
+    // require_key needs [auth].
+    let text = MINIMAL.replace("pool = \"p\"", "pool = \"p\"\nrequire_key = true");
+    let p = problems(&text);
+    assert_eq!(p[0].key, "route[0].require_key", "{p:#?}");
+    assert!(p[0].message.contains("add [auth]"), "{}", p[0].message);
+
+    // The key file must be there, and right.
+    let text = format!("[auth]\nkeys_file = \"/no/such/keys.toml\"\n{MINIMAL}");
+    let p = problems(&text);
+    assert_eq!((p[0].key.as_str(), p[0].line), ("auth.keys_file", 2));
+    assert!(p[0]
+        .message
+        .contains("cannot read key file '/no/such/keys.toml'"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.toml");
+    std::fs::write(
+        &file,
+        "[[key]]\nname = \"a\"\nsha256 = \"short\"\nrpm = -1\n",
+    )
+    .unwrap();
+    let text = format!("[auth]\nkeys_file = \"{}\"\n{MINIMAL}", file.display());
+    let p = problems(&text);
+    assert_eq!(p[0].key, "auth.keys_file");
+    assert!(p[0].message.contains("keys.toml"), "{}", p[0].message);
+
+    // One source, not both, nor none.
+    let text = format!("[auth]\nkeys_file = \"k\"\nkeys_env = \"K\"\n{MINIMAL}");
+    assert!(problems(&text)[0].message.contains("not both"));
+    let text = format!("[auth]\n{MINIMAL}");
+    assert!(problems(&text)[0].message.contains("set keys_file"));
+    let text = format!("[auth]\nkeys_env = \"BALLAST_TEST_UNSET_KEYS\"\n{MINIMAL}");
+    assert!(problems(&text)[0]
+        .message
+        .contains("`BALLAST_TEST_UNSET_KEYS` is not set"));
+
+    // A Redis URL that is not one is refused without repeating it (it may
+    // hold a password).
+    let text = format!("[ratelimit]\nredis = \"10.0.0.5:hunter2\"\n{MINIMAL}");
+    let p = problems(&text);
+    assert_eq!(p[0].key, "ratelimit.redis");
+    assert!(!p[0].message.contains("hunter2"), "{}", p[0].message);
+    let text = format!("[ratelimit]\ntimeout = \"soon\"\n{MINIMAL}");
+    assert_eq!(problems(&text)[0].key, "ratelimit.timeout");
+}

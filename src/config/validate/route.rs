@@ -233,6 +233,7 @@ impl Checker<'_> {
             priority,
             priority_header,
             upgrades,
+            require_key: raw.require_key.as_ref().is_some_and(|b| *b.get_ref()),
             retry: self.retry(i, raw.retry.as_ref()),
             timeouts: self.timeouts(i, raw.timeouts.as_ref()),
         }
