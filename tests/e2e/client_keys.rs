@@ -437,3 +437,47 @@ async fn python_client(gw: &Gateway, scenario: &str, key: &str) -> serde_json::V
     );
     serde_json::from_str(stdout.trim()).expect("one JSON line")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_priority_orders_the_queue() {
+    let a = sim("a").await;
+    a.set_fault(latency(Duration::from_millis(400)));
+    let (batch, urgent) = (secret("batch"), secret("urgent"));
+    let keys = KeyFile::new(&[
+        ("batch", &batch, "priority = \"low\""),
+        ("urgent", &urgent, "priority = \"high\""),
+    ]);
+    let gw = Gateway::start(&format!(
+        "{}{}{}",
+        keys.auth(),
+        pool_toml("p", &[a.addr().to_string()], "max_conns = 1"),
+        route_toml("r", "/", "p", "require_key = true")
+    ))
+    .await;
+    let send = |path: &str, key: &str| {
+        let req = gw.client.get(gw.url(path)).header("x-api-key", key);
+        tokio::spawn(async move { req.send().await.unwrap().status() })
+    };
+    let first = send("/first", &batch);
+    gw.wait_metric("ballast_upstream_outstanding", &[("pool", "p")], 1.0)
+        .await;
+    let mut waiting = Vec::new();
+    for (i, (path, key)) in [
+        ("/batch1", &batch),
+        ("/batch2", &batch),
+        ("/urgent", &urgent),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        waiting.push(send(path, key));
+        gw.wait_metric("ballast_queue_depth", &[("pool", "p")], (i + 1) as f64)
+            .await;
+    }
+    assert_eq!(first.await.unwrap(), 200);
+    for w in waiting {
+        assert_eq!(w.await.unwrap(), 200);
+    }
+    let paths: Vec<String> = a.stats().log.iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/first", "/urgent", "/batch1", "/batch2"]);
+}

@@ -23,6 +23,7 @@ mod paths;
 mod probe;
 mod prometheus;
 mod proxying;
+mod ratelimit_redis;
 mod reload;
 mod retries;
 mod shutdown;
