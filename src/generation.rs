@@ -82,6 +82,9 @@ impl Generation {
             let pool = match self.pools.iter().find(|p| p.name == cfg.name) {
                 Some(previous) => {
                     let (pool, moved) = Pool::next(cfg, credential, tls, previous);
+                    if pool.routes_by_prefix() {
+                        metrics::register_affinity(&cfg.name);
+                    }
                     let label = |s: String| format!("{}/{s}", cfg.name);
                     changes
                         .servers_added
@@ -190,6 +193,9 @@ fn new_pool(
 ) -> Pool {
     metrics::register_pool(&cfg.name);
     let pool = Pool::new(cfg, credential, tls);
+    if pool.routes_by_prefix() {
+        metrics::register_affinity(&cfg.name);
+    }
     for s in pool.servers().iter() {
         metrics::register_server(&cfg.name, &s.addr);
     }

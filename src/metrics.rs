@@ -375,6 +375,42 @@ static RATELIMIT_STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric ballast_ratelimit_store_errors_total registers")
 });
 
+static AFFINITY: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_affinity_decisions_total",
+        "Prefix affinity: hit (the server holding the prompt's prefix got it), miss (none holds enough), overloaded (it was too busy or unusable)",
+        &["pool", "result"]
+    )
+    .expect("metric ballast_affinity_decisions_total registers")
+});
+
+static PREFIX_BLOCKS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "ballast_prefix_store_blocks",
+        "Prompt blocks a prefix-affinity pool remembers (bounded by pool.affinity.entries)",
+        &["pool"]
+    )
+    .expect("metric ballast_prefix_store_blocks registers")
+});
+
+/// A prefix-affinity pool's series, at zero from the start.
+pub fn register_affinity(pool: &str) {
+    for result in ["hit", "miss", "overloaded"] {
+        AFFINITY.with_label_values(&[pool, result]);
+    }
+    prefix_blocks(pool, 0);
+}
+
+pub fn affinity_decision(pool: &str, result: &str) {
+    AFFINITY.with_label_values(&[pool, result]).inc();
+}
+
+pub fn prefix_blocks(pool: &str, blocks: usize) {
+    PREFIX_BLOCKS
+        .with_label_values(&[pool])
+        .set(i64::try_from(blocks).unwrap_or(i64::MAX));
+}
+
 pub fn key_request(key: &str) {
     KEY_REQUESTS.with_label_values(&[key]).inc();
 }

@@ -113,6 +113,9 @@ impl Admin {
         for pool in &self.current.load().pools {
             // Draining members too: their requests in flight still count.
             pool.for_each_server(|s| set(pool, s));
+            if let Some(blocks) = pool.prefix_blocks() {
+                metrics::prefix_blocks(&pool.name, blocks);
+            }
         }
     }
 }

@@ -149,9 +149,34 @@ pub struct PoolConfig {
     /// How often host names in `servers` are looked up again (sooner when
     /// the record's TTL says so).
     pub resolve_interval: Duration,
+    /// How a server is chosen.
+    pub balance: Balance,
     pub health: Option<HealthConfig>,
     pub queue: QueueConfig,
     pub servers: Vec<ServerConfig>,
+}
+
+/// How a pool chooses among its usable servers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Balance {
+    /// The lowest `outstanding / weight`.
+    LeastOutstanding,
+    /// The server that last served the longest prefix of the prompt, unless
+    /// it is overloaded; else least outstanding.
+    PrefixAffinity(AffinityConfig),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AffinityConfig {
+    /// Share of the prompt's blocks a cached prefix must cover to count.
+    pub min_match: f64,
+    /// The preferred server is overloaded when its load exceeds the least
+    /// loaded server's by more than `balance_abs` requests **and** by more
+    /// than a factor `balance_rel`.
+    pub balance_abs: u32,
+    pub balance_rel: f64,
+    /// Prompt blocks remembered (LRU).
+    pub entries: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

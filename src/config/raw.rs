@@ -125,9 +125,22 @@ pub(crate) struct RawPool {
     pub api_key_env: Opt<String>,
     pub api_key_header: Opt<String>,
     pub resolve_interval: Opt<String>,
+    pub balance: Opt<String>,
+    pub affinity: Option<RawAffinity>,
     pub health: Option<RawHealth>,
     pub queue: Option<RawQueue>,
     pub servers: Opt<Vec<Spanned<RawUpstream>>>,
+}
+
+/// `[pool.affinity]`: how `balance = "prefix_affinity"` weighs a cached
+/// prefix against load.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAffinity {
+    pub min_match: Opt<f64>,
+    pub balance_abs: Opt<i64>,
+    pub balance_rel: Opt<f64>,
+    pub entries: Opt<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -131,6 +131,7 @@ fn example_file_parses_into_expected_model() {
             api_key_env: None,
             api_key_header: http::header::AUTHORIZATION,
             resolve_interval: Duration::from_secs(30),
+            balance: Balance::LeastOutstanding,
             health: Some(HealthConfig {
                 path: "/health".into(),
                 interval: secs(2),
@@ -418,6 +419,7 @@ fn defaults() {
             api_key_env: None,
             api_key_header: http::header::AUTHORIZATION,
             resolve_interval: Duration::from_secs(30),
+            balance: Balance::LeastOutstanding,
             health: None,
             queue: QueueConfig {
                 max_depth: 100,

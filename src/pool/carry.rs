@@ -64,7 +64,15 @@ impl Pool {
             draining.push(s.clone());
         }
         let admission = previous.admission.clone();
-        let pool = Pool::assemble(cfg, credential, tls, admission, next, draining);
+        let pool = Pool::assemble(
+            cfg,
+            credential,
+            tls,
+            admission,
+            next,
+            draining,
+            Some(previous),
+        );
         (pool, change)
     }
 

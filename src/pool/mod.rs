@@ -10,6 +10,7 @@ mod eject;
 mod health;
 mod lease;
 mod members;
+pub mod prefix;
 pub mod prober;
 mod select;
 mod server;
@@ -19,15 +20,16 @@ pub use admission::{Admission, Shed, Waiting};
 pub use eject::{Ejection, Gate};
 pub use health::{HealthState, Transition};
 pub use lease::Lease;
-pub use select::{pick, Candidate};
+pub use select::{pick, pick_preferring, Affinity, Candidate, Leeway};
 pub use server::{Availability, Server, ServerStatus};
 pub use tally::{Tally, TallyStatus};
 
-use crate::config::{HealthConfig, PoolConfig};
+use crate::config::{AffinityConfig, Balance, HealthConfig, PoolConfig};
 use crate::metrics;
 use crate::tls::UpstreamTls;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
+use prefix::{PrefixStore, PromptChain};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -42,6 +44,9 @@ pub struct PoolStatus {
     pub queue_depth: usize,
     /// The queue's `max_depth` (0: no queue).
     pub queue_max_depth: usize,
+    /// Prompt blocks remembered, with prefix affinity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_blocks: Option<usize>,
     /// Requests that left the queue: `failed` were shed, the others got a
     /// server after waiting `time_sum_seconds` in all.
     pub queue: TallyStatus,
@@ -69,6 +74,9 @@ pub struct Pool {
     draining: Mutex<Vec<Arc<Server>>>,
     /// Bumped on every change of members (the prober follows it).
     changed: tokio::sync::watch::Sender<u64>,
+    /// With `balance = "prefix_affinity"`: its settings and which server
+    /// last served which prompt prefix (carried over a reload).
+    affinity: Option<(AffinityConfig, Arc<PrefixStore>)>,
 }
 
 /// The headers a pool sets on every request it is sent.
@@ -137,7 +145,7 @@ impl Pool {
                 ))
             })
             .collect();
-        Pool::assemble(cfg, credential, tls, admission, members, Vec::new())
+        Pool::assemble(cfg, credential, tls, admission, members, Vec::new(), None)
     }
 
     /// A pool of `cfg` with these members (new, or carried over a reload).
@@ -148,7 +156,22 @@ impl Pool {
         admission: Arc<Admission>,
         members: Vec<Arc<Server>>,
         draining: Vec<Arc<Server>>,
+        previous: Option<&Pool>,
     ) -> Pool {
+        let affinity = match &cfg.balance {
+            Balance::LeastOutstanding => None,
+            Balance::PrefixAffinity(a) => {
+                // What the servers hold survives a reload of the same size.
+                let kept = previous
+                    .and_then(|p| p.affinity.as_ref())
+                    .filter(|(old, _)| old.entries == a.entries)
+                    .map(|(_, store)| store.clone());
+                Some((
+                    a.clone(),
+                    kept.unwrap_or_else(|| Arc::new(PrefixStore::new(a.entries))),
+                ))
+            }
+        };
         Pool {
             name: cfg.name.clone(),
             admission,
@@ -161,7 +184,18 @@ impl Pool {
             members: ArcSwap::from_pointee(members),
             draining: Mutex::new(draining),
             changed: tokio::sync::watch::channel(0).0,
+            affinity,
         }
+    }
+
+    /// Blocks of prompt prefixes remembered (prefix affinity only).
+    pub fn prefix_blocks(&self) -> Option<usize> {
+        self.affinity.as_ref().map(|(_, store)| store.len())
+    }
+
+    /// Whether requests to this pool are routed by their prompt prefix.
+    pub fn routes_by_prefix(&self) -> bool {
+        self.affinity.is_some()
     }
 
     /// The members now (a snapshot: later changes do not show in it).
@@ -271,14 +305,27 @@ impl Pool {
     /// Lease the best usable server, preferring ones not in `tried`
     /// (server ids).
     pub fn acquire(&self, now: Instant, tried: &[u64]) -> Result<Lease, NoServer> {
-        self.acquire_among(now, tried, false)
+        self.acquire_among(now, tried, false, None)
+    }
+
+    /// `acquire` (or `acquire_untried`) for a request whose prompt is
+    /// `prompt`: with prefix affinity, the server that last served the
+    /// longest part of it is preferred while it is not overloaded.
+    pub fn acquire_for(
+        &self,
+        now: Instant,
+        tried: &[u64],
+        untried_only: bool,
+        prompt: Option<&PromptChain>,
+    ) -> Result<Lease, NoServer> {
+        self.acquire_among(now, tried, untried_only, prompt)
     }
 
     /// Lease a server this request has not tried; none free, but some at
     /// their cap, is `at_capacity` (worth queueing for) rather than a
     /// reason to go back to a server that just failed.
     pub fn acquire_untried(&self, now: Instant, tried: &[u64]) -> Result<Lease, NoServer> {
-        self.acquire_among(now, tried, true)
+        self.acquire_among(now, tried, true, None)
     }
 
     fn acquire_among(
@@ -286,7 +333,20 @@ impl Pool {
         now: Instant,
         tried: &[u64],
         untried_only: bool,
+        prompt: Option<&PromptChain>,
     ) -> Result<Lease, NoServer> {
+        // The server holding enough of the prompt, if prefix affinity is on.
+        let affinity = self
+            .affinity
+            .as_ref()
+            .zip(prompt.filter(|p| p.blocks() > 0));
+        let holder = affinity.and_then(|((cfg, store), chain)| {
+            store
+                .longest(chain)
+                .filter(|m| m.blocks as f64 >= cfg.min_match * chain.blocks() as f64)
+                .map(|m| m.server)
+        });
+        let mut decided = false;
         let servers = self.members.load();
         let mut at_capacity = false;
         let mut avail: Vec<(usize, Availability)> = Vec::with_capacity(servers.len());
@@ -311,13 +371,38 @@ impl Pool {
                     tried: tried.contains(&servers[i].id),
                 })
                 .collect();
-            let Some(k) = pick(&candidates, &mut rng) else {
+            let k = match &affinity {
+                None => pick(&candidates, &mut rng),
+                Some(((cfg, _), _)) => {
+                    let preferred =
+                        holder.and_then(|id| avail.iter().position(|&(i, _)| servers[i].id == id));
+                    let leeway = Leeway {
+                        abs: cfg.balance_abs,
+                        rel: cfg.balance_rel,
+                    };
+                    let (k, mut result) = pick_preferring(&candidates, preferred, leeway, &mut rng);
+                    // A holder that is not among the candidates (ejected,
+                    // at its cap) cannot take it: the prompt moves.
+                    if holder.is_some() && preferred.is_none() {
+                        result = Affinity::Overloaded;
+                    }
+                    if !decided {
+                        metrics::affinity_decision(&self.name, result.label());
+                        decided = true;
+                    }
+                    k
+                }
+            };
+            let Some(k) = k else {
                 break;
             };
             let (i, a) = avail[k];
             let probe = a == Availability::Probe;
             let server = &servers[i];
             if server.try_take(now, probe) {
+                if let Some(((_, store), chain)) = &affinity {
+                    store.record(chain, server.id);
+                }
                 return Ok(Lease::new(server.clone(), probe));
             }
             // Lost a race for the probe slot or the last unit of capacity.
@@ -408,6 +493,7 @@ impl Pool {
             tls: self.tls,
             queue_depth: self.admission.depth(),
             queue_max_depth: self.admission.max_depth(),
+            prefix_blocks: self.prefix_blocks(),
             queue: self.admission.tally.read(),
             servers: members
                 .iter()

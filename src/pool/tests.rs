@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::{PoolConfig, QueueConfig, ServerConfig};
+use crate::config::{Balance, PoolConfig, QueueConfig, ServerConfig};
 use crate::outcome::Outcome;
 
 fn pool(servers: &[(u16, u32)], max_fails: u32) -> Pool {
@@ -22,6 +22,7 @@ fn pool_config(servers: &[(u16, u32)], max_fails: u32) -> PoolConfig {
         api_key_env: None,
         api_key_header: http::header::AUTHORIZATION,
         resolve_interval: Duration::from_secs(30),
+        balance: Balance::LeastOutstanding,
         health: None,
         queue: QueueConfig {
             max_depth: 100,

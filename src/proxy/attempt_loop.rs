@@ -36,6 +36,8 @@ pub struct Request<'r> {
     pub response_headers: &'r [(&'static str, String)],
     /// Count the answer's completion tokens (`AccessLog::completion_tokens`).
     pub count_usage: bool,
+    /// The prompt's prefix chain, for pools that route by it.
+    pub prompt: Option<&'r crate::pool::prefix::PromptChain>,
 }
 
 /// How trying one pool ended.
@@ -146,10 +148,9 @@ impl Gateway {
             // Requests already waiting go first: join the queue behind them.
             let acquired = if pool.admission.has_waiters() {
                 Err(None)
-            } else if untried_only {
-                pool.acquire_untried(now, &tried).map_err(Some)
             } else {
-                pool.acquire(now, &tried).map_err(Some)
+                pool.acquire_for(now, &tried, untried_only, req.prompt)
+                    .map_err(Some)
             };
             let mut lease = match acquired {
                 Ok(lease) => lease,

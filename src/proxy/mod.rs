@@ -239,6 +239,11 @@ impl Gateway {
                 return self.reject(session, log, &err).await;
             }
         };
+        // Pools that route by prompt prefix need the prompt's chain.
+        let by_prefix = std::iter::once(route.pool)
+            .chain(route.fallback.iter().map(|f| f.pool))
+            .any(|p| gen.pools[p].routes_by_prefix());
+        let prompt = by_prefix.then(|| crate::pool::prefix::PromptChain::of_body(&body));
         let request = attempt_loop::Request {
             route_idx,
             head: &up_req,
@@ -251,6 +256,7 @@ impl Gateway {
             upgrade: upgrade.as_ref(),
             response_headers: &response_headers,
             count_usage: caller.is_some(),
+            prompt: prompt.as_ref(),
         };
         let reuse = self.attempt_loop(gen, session, log, request).await;
         if let (Some(c), Some(tokens)) = (&caller, log.completion_tokens) {

@@ -2,6 +2,7 @@
 //! and simulated backends, all on loopback sockets.
 
 mod admission;
+mod affinity;
 mod balancing;
 mod certs;
 mod client_keys;

@@ -447,3 +447,48 @@ fn client_keys_and_rate_limits() {
     let text = format!("[ratelimit]\ntimeout = \"soon\"\n{MINIMAL}");
     assert_eq!(problems(&text)[0].key, "ratelimit.timeout");
 }
+
+#[test]
+fn balance_and_affinity() {
+    let text = MINIMAL.replace(
+        "name = \"p\"\n",
+        "name = \"p\"\nbalance = \"round_robin\"\n",
+    );
+    let p = problems(&text);
+    assert_eq!(p[0].key, "pool[0].balance");
+    assert!(
+        p[0].message.contains("'round_robin' is not"),
+        "{}",
+        p[0].message
+    );
+    // Affinity settings without affinity are a mistake worth saying.
+    let text = MINIMAL.replace(
+        "name = \"p\"\n",
+        "name = \"p\"\n[pool.affinity]\nmin_match = 0.3\n",
+    );
+    let p = problems(&text);
+    assert_eq!(p[0].key, "pool[0].affinity", "{p:#?}");
+    let text = MINIMAL.replace(
+        "name = \"p\"\n",
+        "name = \"p\"\nbalance = \"prefix_affinity\"\n[pool.affinity]\nmin_match = 1.5\nentries = 0\n",
+    );
+    let keys: Vec<String> = problems(&text).into_iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        ["pool[0].affinity.min_match", "pool[0].affinity.entries"]
+    );
+    let text = MINIMAL.replace(
+        "name = \"p\"\n",
+        "name = \"p\"\nbalance = \"prefix_affinity\"\n",
+    );
+    let c = parse("t.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.pools[0].balance,
+        Balance::PrefixAffinity(AffinityConfig {
+            min_match: 0.5,
+            balance_abs: 4,
+            balance_rel: 1.5,
+            entries: 65_536,
+        })
+    );
+}

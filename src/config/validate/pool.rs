@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use toml::Spanned;
 
 use super::{secs, span_of, Checker, Lookup};
-use crate::config::model::{HealthConfig, Http2Mode, PoolConfig, QueueConfig, ServerConfig};
+use crate::config::model::{
+    AffinityConfig, Balance, HealthConfig, Http2Mode, PoolConfig, QueueConfig, ServerConfig,
+};
 use crate::config::raw::Opt;
-use crate::config::raw::{RawHealth, RawPool, RawQueue, RawUpstream};
+use crate::config::raw::{RawAffinity, RawHealth, RawPool, RawQueue, RawUpstream};
 
 impl Checker<'_> {
     pub(super) fn pools(&mut self, raw: &[Spanned<RawPool>], resolve_now: bool) -> Vec<PoolConfig> {
@@ -83,6 +85,7 @@ impl Checker<'_> {
             secs(30),
             true,
         );
+        let balance = self.balance(i, raw);
         let health = raw.health.as_ref().map(|h| self.health(i, h));
         let queue = self.queue(i, raw.queue.as_ref());
 
@@ -138,6 +141,7 @@ impl Checker<'_> {
             api_key_env,
             api_key_header,
             resolve_interval,
+            balance,
             health,
             queue,
             servers,
@@ -312,6 +316,46 @@ impl Checker<'_> {
             timeout: self.duration(&raw.timeout, &key("timeout"), secs(1), true),
             rise: self.int(&raw.rise, &key("rise"), 2, 1, u32::MAX),
             fall: self.int(&raw.fall, &key("fall"), 3, 1, u32::MAX),
+        }
+    }
+
+    /// `pool.balance` and its `[pool.affinity]`.
+    fn balance(&mut self, i: usize, raw: &RawPool) -> Balance {
+        let key = |field: &str| format!("pool[{i}].{field}");
+        let affinity = RawAffinity::default();
+        let a = raw.affinity.as_ref().unwrap_or(&affinity);
+        let akey = |field: &str| format!("pool[{i}].affinity.{field}");
+        let config = AffinityConfig {
+            min_match: self.fraction(&a.min_match, &akey("min_match"), 0.5, Some(1.0)),
+            balance_abs: self.int(&a.balance_abs, &akey("balance_abs"), 4, 0, u32::MAX),
+            balance_rel: self.fraction(&a.balance_rel, &akey("balance_rel"), 1.5, None),
+            entries: self.int(&a.entries, &akey("entries"), 65_536, 1, 1 << 24) as usize,
+        };
+        match raw.balance.as_ref().map(|b| (b, b.get_ref().trim())) {
+            None | Some((_, "least_outstanding")) => {
+                if let Some(span) = raw.affinity.as_ref().and_then(|a| {
+                    span_of(&a.min_match)
+                        .or(span_of(&a.balance_abs))
+                        .or(span_of(&a.balance_rel))
+                        .or(span_of(&a.entries))
+                }) {
+                    self.report(
+                        Some(span),
+                        key("affinity"),
+                        "only used with balance = \"prefix_affinity\"",
+                    );
+                }
+                Balance::LeastOutstanding
+            }
+            Some((_, "prefix_affinity")) => Balance::PrefixAffinity(config),
+            Some((b, other)) => {
+                self.report(
+                    Some(b.span()),
+                    key("balance"),
+                    format!("'{other}' is not \"least_outstanding\" or \"prefix_affinity\""),
+                );
+                Balance::LeastOutstanding
+            }
         }
     }
 

@@ -343,7 +343,13 @@ impl Checker<'_> {
     }
 
     /// A finite number ≥ 0 and, with `max`, ≤ `max`.
-    fn fraction(&mut self, value: &Opt<f64>, key: &str, default: f64, max: Option<f64>) -> f64 {
+    pub(super) fn fraction(
+        &mut self,
+        value: &Opt<f64>,
+        key: &str,
+        default: f64,
+        max: Option<f64>,
+    ) -> f64 {
         let Some(value) = value else { return default };
         let n = *value.get_ref();
         let ok = n.is_finite() && n >= 0.0 && max.is_none_or(|m| n <= m);
