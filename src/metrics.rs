@@ -401,6 +401,19 @@ pub fn register_affinity(pool: &str) {
     prefix_blocks(pool, 0);
 }
 
+static LOAD_SCRAPES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_load_scrapes_total",
+        "Scrapes of the servers' own metrics ([pool.load_metrics]): ok, missing (no load metric on the page), error",
+        &["pool", "result"]
+    )
+    .expect("metric ballast_load_scrapes_total registers")
+});
+
+pub fn load_scrape(pool: &str, result: &str) {
+    LOAD_SCRAPES.with_label_values(&[pool, result]).inc();
+}
+
 pub fn affinity_decision(pool: &str, result: &str) {
     AFFINITY.with_label_values(&[pool, result]).inc();
 }

@@ -109,6 +109,12 @@ impl Background {
             .filter(|p| p.health.is_some())
             .map(|p| tokio::spawn(prober::run(p.clone())))
             .collect();
+        tasks.extend(
+            gen.pools
+                .iter()
+                .filter(|p| p.config().load_metrics.is_some())
+                .map(|p| tokio::spawn(crate::pool::load_report::run(p.clone()))),
+        );
         if let Some(resolver) = self.resolver(gen) {
             tasks.extend(
                 gen.pools

@@ -151,9 +151,27 @@ pub struct PoolConfig {
     pub resolve_interval: Duration,
     /// How a server is chosen.
     pub balance: Balance,
+    /// Load read from the servers' own metrics, folded into selection.
+    pub load_metrics: Option<LoadMetricsConfig>,
     pub health: Option<HealthConfig>,
     pub queue: QueueConfig,
     pub servers: Vec<ServerConfig>,
+}
+
+/// Where and how often a pool's servers are asked for their load, and
+/// under which metric names (vLLM's by default).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadMetricsConfig {
+    pub path: String,
+    pub interval: Duration,
+    /// A report older than this is ignored.
+    pub max_age: Duration,
+    /// Requests the server is running (its own count, ours included).
+    pub running: String,
+    /// Requests waiting in the server's queue.
+    pub waiting: String,
+    /// KV-cache usage (0–1), shown in `/status`.
+    pub kv_usage: String,
 }
 
 /// How a pool chooses among its usable servers.

@@ -127,9 +127,23 @@ pub(crate) struct RawPool {
     pub resolve_interval: Opt<String>,
     pub balance: Opt<String>,
     pub affinity: Option<RawAffinity>,
+    pub load_metrics: Option<RawLoadMetrics>,
     pub health: Option<RawHealth>,
     pub queue: Option<RawQueue>,
     pub servers: Opt<Vec<Spanned<RawUpstream>>>,
+}
+
+/// `[pool.load_metrics]`: load the servers report on their own metrics
+/// endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLoadMetrics {
+    pub path: Opt<String>,
+    pub interval: Opt<String>,
+    pub max_age: Opt<String>,
+    pub running: Opt<String>,
+    pub waiting: Opt<String>,
+    pub kv_usage: Opt<String>,
 }
 
 /// `[pool.affinity]`: how `balance = "prefix_affinity"` weighs a cached

@@ -132,6 +132,7 @@ fn example_file_parses_into_expected_model() {
             api_key_header: http::header::AUTHORIZATION,
             resolve_interval: Duration::from_secs(30),
             balance: Balance::LeastOutstanding,
+            load_metrics: None,
             health: Some(HealthConfig {
                 path: "/health".into(),
                 interval: secs(2),
@@ -420,6 +421,7 @@ fn defaults() {
             api_key_header: http::header::AUTHORIZATION,
             resolve_interval: Duration::from_secs(30),
             balance: Balance::LeastOutstanding,
+            load_metrics: None,
             health: None,
             queue: QueueConfig {
                 max_depth: 100,

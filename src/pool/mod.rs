@@ -9,6 +9,7 @@ pub mod dns;
 mod eject;
 mod health;
 mod lease;
+pub mod load_report;
 mod members;
 pub mod prefix;
 pub mod prober;
@@ -347,6 +348,7 @@ impl Pool {
                 .map(|m| m.server)
         });
         let mut decided = false;
+        let max_age = self.config.load_metrics.as_ref().map(|l| l.max_age);
         let servers = self.members.load();
         let mut at_capacity = false;
         let mut avail: Vec<(usize, Availability)> = Vec::with_capacity(servers.len());
@@ -366,7 +368,7 @@ impl Pool {
             let candidates: Vec<Candidate> = avail
                 .iter()
                 .map(|&(i, _)| Candidate {
-                    outstanding: servers[i].outstanding(),
+                    outstanding: servers[i].load(now, max_age),
                     weight: servers[i].weight(),
                     tried: tried.contains(&servers[i].id),
                 })
@@ -498,7 +500,13 @@ impl Pool {
             servers: members
                 .iter()
                 .chain(draining.iter())
-                .map(|s| s.snapshot(now))
+                .map(|s| {
+                    let mut st = s.snapshot(now);
+                    if let (Some(r), Some(l)) = (&mut st.reported, &self.config.load_metrics) {
+                        r.stale = r.age_ms > l.max_age.as_millis() as u64;
+                    }
+                    st
+                })
                 .collect(),
         }
     }

@@ -57,6 +57,28 @@ pub struct Server {
     /// Attempts, server failures among them, and time to first byte of
     /// those answered (for `/status`).
     tally: Tally,
+    /// The load it reported on its own metrics (`[pool.load_metrics]`).
+    reported: Mutex<Option<Reported>>,
+}
+
+/// Load a server reported about itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reported {
+    pub running: f64,
+    pub waiting: f64,
+    pub kv_usage: Option<f64>,
+    pub at: Instant,
+}
+
+/// What `/status` shows of a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportedStatus {
+    pub running: f64,
+    pub waiting: f64,
+    pub kv_usage: Option<f64>,
+    pub age_ms: u64,
+    /// Old enough to be ignored by selection.
+    pub stale: bool,
 }
 
 struct ServerState {
@@ -127,6 +149,7 @@ impl Server {
             spoke: AtomicU8::new(0),
             draining: AtomicBool::new(false),
             tally: Tally::default(),
+            reported: Mutex::new(None),
             state: Mutex::new(ServerState {
                 ejection: Ejection::new(pool.max_fails, pool.fail_timeout),
                 health,
@@ -274,6 +297,30 @@ impl Server {
         }
     }
 
+    /// The load the server reported about itself.
+    pub fn report_load(&self, report: Reported) {
+        *self.reported.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    }
+
+    /// The report, if not older than `max_age`.
+    pub fn fresh_report(&self, now: Instant, max_age: Duration) -> Option<Reported> {
+        let r = (*self.reported.lock().unwrap_or_else(|p| p.into_inner()))?;
+        (now.saturating_duration_since(r.at) <= max_age).then_some(r)
+    }
+
+    /// The load selection weighs: requests in flight from this gateway,
+    /// or, when the server's fresh report says more are running (traffic
+    /// from elsewhere), that; plus those waiting in its own queue.
+    pub fn load(&self, now: Instant, max_age: Option<Duration>) -> u32 {
+        let ours = self.outstanding();
+        let Some(r) = max_age.and_then(|age| self.fresh_report(now, age)) else {
+            return ours;
+        };
+        let running = r.running.max(0.0).min(f64::from(u32::MAX)) as u32;
+        let waiting = r.waiting.max(0.0).min(f64::from(u32::MAX)) as u32;
+        ours.max(running).saturating_add(waiting)
+    }
+
     /// Count one attempt for `/status`: a server failure or not, and how
     /// long its answer took to begin if it answered.
     pub fn count_attempt(&self, failure: bool, first_byte: Option<Duration>) {
@@ -331,6 +378,7 @@ impl Server {
                 .filter(|u| *u > now)
                 .map(|u| u.saturating_duration_since(now).as_millis() as u64),
             attempts: self.tally.read(),
+            reported: reported_status(&self.reported, now),
             ejected_until: ejected_for.map(|d| {
                 humantime::format_rfc3339_millis(std::time::SystemTime::now() + d).to_string()
             }),
@@ -398,4 +446,19 @@ pub struct ServerStatus {
     /// Attempts so far: `failed` are server failures, `timed` were
     /// answered, after `time_sum_seconds` to first byte in all.
     pub attempts: TallyStatus,
+    /// The last load it reported (`[pool.load_metrics]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reported: Option<ReportedStatus>,
+}
+
+fn reported_status(reported: &Mutex<Option<Reported>>, now: Instant) -> Option<ReportedStatus> {
+    let r = (*reported.lock().unwrap_or_else(|p| p.into_inner()))?;
+    let age = now.saturating_duration_since(r.at);
+    Some(ReportedStatus {
+        running: r.running,
+        waiting: r.waiting,
+        kv_usage: r.kv_usage,
+        age_ms: age.as_millis() as u64,
+        stale: false,
+    })
 }

@@ -23,6 +23,7 @@ fn pool_config(servers: &[(u16, u32)], max_fails: u32) -> PoolConfig {
         api_key_header: http::header::AUTHORIZATION,
         resolve_interval: Duration::from_secs(30),
         balance: Balance::LeastOutstanding,
+        load_metrics: None,
         health: None,
         queue: QueueConfig {
             max_depth: 100,
@@ -282,4 +283,37 @@ fn a_joining_member_of_a_checked_pool_waits_for_its_first_check() {
     assert_eq!(joined.availability(t0), Availability::Down);
     assert_eq!(joined.record_health(true), Transition::CameUp);
     assert_eq!(joined.availability(t0), Availability::Usable);
+}
+
+#[test]
+fn reported_load_steers_selection_while_fresh() {
+    use super::server::Reported;
+    let mut cfg = pool_config(&[(1, 1), (2, 1)], 3);
+    cfg.load_metrics = Some(crate::config::LoadMetricsConfig {
+        path: "/metrics".into(),
+        interval: Duration::from_secs(1),
+        max_age: Duration::from_secs(3),
+        running: "r".into(),
+        waiting: "w".into(),
+        kv_usage: "k".into(),
+    });
+    let p = Pool::new(&cfg, None, None);
+    let t0 = Instant::now();
+    let busy = p.servers()[0].clone();
+    busy.report_load(Reported {
+        running: 4.0,
+        waiting: 10.0,
+        kv_usage: None,
+        at: t0,
+    });
+    assert_eq!(busy.load(t0, Some(Duration::from_secs(3))), 14);
+    assert_eq!(busy.load(t0, None), 0, "ignored without load_metrics");
+    // Every pick avoids the server with a queue of its own.
+    for _ in 0..20 {
+        let lease = p.acquire(t0, &[]).unwrap();
+        assert_ne!(lease.id(), busy.id);
+    }
+    // Once stale, the report no longer counts.
+    let later = t0 + Duration::from_secs(4);
+    assert_eq!(busy.load(later, Some(Duration::from_secs(3))), 0);
 }

@@ -50,6 +50,14 @@ pub struct SimArgs {
     /// Speak HTTP/2 too: offered by ALPN with TLS, h2c with prior knowledge without.
     #[arg(long)]
     pub http2: bool,
+    /// Prefill time per prompt token (about 4 characters) not in the KV
+    /// cache, before the first token, e.g. "200us".
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub prefill_per_token: Duration,
+    /// Prompt blocks (128 characters each) the KV cache holds, least
+    /// recently used out; 0: no cache.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub kv_cache_blocks: usize,
 }
 
 impl SimArgs {
@@ -84,6 +92,8 @@ impl SimArgs {
             },
             client_ca: None,
             http2: self.http2,
+            prefill_per_token: self.prefill_per_token,
+            kv_cache_blocks: self.kv_cache_blocks,
         }
     }
 }

@@ -102,6 +102,12 @@ pub(crate) async fn completion(
     cut: Option<Cut>,
     omit_done: bool,
 ) -> Flow {
+    // The prompt is prefilled first: the part not cached takes time.
+    let prefill = shared.kv.prefill(&req.body);
+    if !prefill.is_zero() && conn.wait_or_disconnect(Some(prefill)).await {
+        shared.count_disconnect();
+        return Flow::Close;
+    }
     match answer(shared, &req.body, chat, omit_done) {
         Answer::Reply(reply) => {
             // A request the server refuses is answered whole, fault or not.

@@ -82,6 +82,10 @@ async fn stream(
         let _ = send(&shared, &mut respond, reply, None).await;
         return;
     }
+    if req.path == "/metrics" {
+        let _ = send(&shared, &mut respond, handlers::metrics(&shared), None).await;
+        return;
+    }
     if req.path == "/health" {
         match handlers::health(&shared) {
             Some(reply) => {
@@ -124,6 +128,13 @@ async fn stream(
         FaultKind::CloseMidStream { after_tokens } => Some(Cut::Close(after_tokens)),
         FaultKind::StallMidStream { after_tokens } => Some(Cut::Stall(after_tokens)),
     };
+    if req.method == "POST" && req.path.ends_with("completions") {
+        let prefill = shared.kv.prefill(&req.body);
+        if !prefill.is_zero() && wait_or_reset(Some(prefill), |cx| respond.poll_reset(cx)).await {
+            shared.count_stream_reset();
+            return;
+        }
+    }
     let answer = match (req.method.as_str(), req.path.as_str()) {
         ("POST", "/v1/chat/completions") => {
             completions::answer(&shared, &req.body, true, omit_done)

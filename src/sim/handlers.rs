@@ -90,6 +90,10 @@ async fn handle(shared: &Arc<Shared>, conn: &mut Conn, req: &Request) -> Flow {
         let reply = control(shared, req);
         return send(shared, conn, reply, req.keep_alive, is_head(req), None).await;
     }
+    if req.path == "/metrics" {
+        let reply = metrics(shared);
+        return send(shared, conn, reply, req.keep_alive, is_head(req), None).await;
+    }
     if req.path == "/health" {
         let Some(reply) = health(shared) else {
             conn.wait_or_disconnect(None).await;
@@ -98,6 +102,16 @@ async fn handle(shared: &Arc<Shared>, conn: &mut Conn, req: &Request) -> Flow {
         return send(shared, conn, reply, req.keep_alive, is_head(req), None).await;
     }
     traffic(shared, conn, req).await
+}
+
+/// `/metrics`: vLLM's gauges and counters (see `kv`).
+pub(crate) fn metrics(shared: &Shared) -> Reply {
+    let text = shared.kv.metrics(&shared.model, shared.stats().in_flight);
+    Reply {
+        code: 200,
+        headers: vec![("content-type", "text/plain; version=0.0.4".to_string())],
+        body: text.into_bytes(),
+    }
 }
 
 /// `/health` as the health mode says; `None`: hang.
@@ -242,6 +256,17 @@ pub(crate) fn control(shared: &Shared, req: &Request) -> Reply {
                 Err(e) => Reply::error(400, &format!("bad fault: {e}")),
             }
         }
+        ("POST" | "PUT", "/_sim/load") => {
+            let Ok(v) = parsed() else {
+                return Reply::error(400, "body must be {\"running\": n, \"waiting\": n}");
+            };
+            let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+            shared.kv.set_extra(n("running"), n("waiting"));
+            Reply::json(
+                200,
+                &json!({"running": n("running"), "waiting": n("waiting")}),
+            )
+        }
         ("GET", "/_sim/health") => Reply::json(200, &json!({"mode": shared.health()})),
         ("POST" | "PUT", "/_sim/health") => {
             let mode = parsed()
@@ -261,7 +286,7 @@ pub(crate) fn control(shared: &Shared, req: &Request) -> Reply {
             shared.reset_stats();
             Reply::json(200, &json!({"status": "ok"}))
         }
-        (_, "/_sim/stats" | "/_sim/fault" | "/_sim/health" | "/_sim/reset") => {
+        (_, "/_sim/stats" | "/_sim/fault" | "/_sim/health" | "/_sim/reset" | "/_sim/load") => {
             Reply::error(405, "method not allowed")
         }
         _ => Reply::error(404, "unknown control endpoint"),

@@ -18,6 +18,7 @@ mod h2;
 mod handlers;
 mod http;
 mod io;
+mod kv;
 #[cfg(test)]
 mod test_client;
 #[cfg(test)]
@@ -63,6 +64,10 @@ pub struct SimOptions {
     /// Speak HTTP/2: offered by ALPN with TLS, by prior knowledge (h2c
     /// preface) without. HTTP/1.1 stays available either way.
     pub http2: bool,
+    /// Prefill time per prompt token not in the KV cache (0: none).
+    pub prefill_per_token: Duration,
+    /// Prompt blocks the KV cache holds (0: no cache).
+    pub kv_cache_blocks: usize,
 }
 
 impl Default for SimOptions {
@@ -77,6 +82,8 @@ impl Default for SimOptions {
             tls: None,
             client_ca: None,
             http2: false,
+            prefill_per_token: Duration::ZERO,
+            kv_cache_blocks: 0,
         }
     }
 }
@@ -171,6 +178,7 @@ pub(crate) struct Shared {
     shutdown: watch::Sender<bool>,
     tls: Option<pingora_rustls::TlsAcceptor>,
     http2: bool,
+    pub(crate) kv: kv::KvCache,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -325,6 +333,7 @@ impl SimServer {
             shutdown,
             tls,
             http2: opts.http2,
+            kv: kv::KvCache::new(opts.prefill_per_token, opts.kv_cache_blocks),
         });
         tokio::spawn(accept_loop(shared.clone(), listener));
         tracing::debug!(name = %shared.name, %addr, "sim server listening");

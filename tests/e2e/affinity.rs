@@ -183,3 +183,100 @@ async fn an_ejected_holders_conversations_move_and_stay_moved() {
         .await;
     assert!(hits >= 3.0, "turns 4 and 5 follow turn 3 to its new home");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_reports_a_long_queue_gets_fewer_requests() {
+    let (a, b) = (sim("a").await, sim("b").await);
+    let addrs = [a.addr().to_string(), b.addr().to_string()];
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        pool_toml("p", &addrs, "[pool.load_metrics]\ninterval = \"100ms\"\n"),
+        route_toml("chat", "/v1/", "p", "")
+    ))
+    .await;
+    // b is busy with traffic from elsewhere: its own metrics say so.
+    gw.client
+        .post(format!("http://{}/_sim/load", addrs[1]))
+        .body(r#"{"running": 6, "waiting": 30}"#)
+        .send()
+        .await
+        .unwrap();
+    gw.wait_server(&addrs[1], "reporting its queue", |s| {
+        s["reported"]["waiting"] == 30.0 && s["reported"]["running"] == 6.0
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(
+            gw.client
+                .get(gw.url("/v1/models"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    assert_eq!(a.stats().requests, 20, "all to the server with no queue");
+    assert_eq!(b.stats().requests, 0);
+    // Its queue drains: it gets its share again.
+    gw.client
+        .post(format!("http://{}/_sim/load", addrs[1]))
+        .body(r#"{"running": 0, "waiting": 0}"#)
+        .send()
+        .await
+        .unwrap();
+    gw.wait_server(&addrs[1], "idle again", |s| s["reported"]["waiting"] == 0.0)
+        .await;
+    for _ in 0..40 {
+        assert_eq!(
+            gw.client
+                .get(gw.url("/v1/models"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    assert!(b.stats().requests >= 5, "b is back: {}", b.stats().requests);
+    assert!(
+        gw.metric(
+            "ballast_load_scrapes_total",
+            &[("pool", "p"), ("result", "ok")]
+        )
+        .await
+            >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_scrape_never_takes_a_server_out() {
+    let a = sim("a").await;
+    let addr = a.addr().to_string();
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        pool_toml(
+            "p",
+            std::slice::from_ref(&addr),
+            "[pool.load_metrics]\ninterval = \"100ms\"\npath = \"/no-metrics-here\"\n"
+        ),
+        route_toml("chat", "/v1/", "p", "")
+    ))
+    .await;
+    gw.wait_metric_at_least(
+        "ballast_load_scrapes_total",
+        &[("pool", "p"), ("result", "missing")],
+        2.0,
+    )
+    .await;
+    assert_eq!(gw.server_status(&addr).await["state"], "up");
+    assert_eq!(
+        gw.client
+            .get(gw.url("/v1/models"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

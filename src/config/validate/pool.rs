@@ -7,10 +7,11 @@ use toml::Spanned;
 
 use super::{secs, span_of, Checker, Lookup};
 use crate::config::model::{
-    AffinityConfig, Balance, HealthConfig, Http2Mode, PoolConfig, QueueConfig, ServerConfig,
+    AffinityConfig, Balance, HealthConfig, Http2Mode, LoadMetricsConfig, PoolConfig, QueueConfig,
+    ServerConfig,
 };
 use crate::config::raw::Opt;
-use crate::config::raw::{RawAffinity, RawHealth, RawPool, RawQueue, RawUpstream};
+use crate::config::raw::{RawAffinity, RawHealth, RawLoadMetrics, RawPool, RawQueue, RawUpstream};
 
 impl Checker<'_> {
     pub(super) fn pools(&mut self, raw: &[Spanned<RawPool>], resolve_now: bool) -> Vec<PoolConfig> {
@@ -86,6 +87,7 @@ impl Checker<'_> {
             true,
         );
         let balance = self.balance(i, raw);
+        let load_metrics = raw.load_metrics.as_ref().map(|l| self.load_metrics(i, l));
         let health = raw.health.as_ref().map(|h| self.health(i, h));
         let queue = self.queue(i, raw.queue.as_ref());
 
@@ -142,6 +144,7 @@ impl Checker<'_> {
             api_key_header,
             resolve_interval,
             balance,
+            load_metrics,
             health,
             queue,
             servers,
@@ -316,6 +319,50 @@ impl Checker<'_> {
             timeout: self.duration(&raw.timeout, &key("timeout"), secs(1), true),
             rise: self.int(&raw.rise, &key("rise"), 2, 1, u32::MAX),
             fall: self.int(&raw.fall, &key("fall"), 3, 1, u32::MAX),
+        }
+    }
+
+    /// `[pool.load_metrics]`: defaults are vLLM's metric names.
+    fn load_metrics(&mut self, i: usize, raw: &RawLoadMetrics) -> LoadMetricsConfig {
+        let key = |field: &str| format!("pool[{i}].load_metrics.{field}");
+        let interval = self.duration(&raw.interval, &key("interval"), secs(1), true);
+        let max_age = self.duration(&raw.max_age, &key("max_age"), interval * 3, true);
+        let name = |c: &mut Self, v: &Opt<String>, field: &str, default: &str| match v {
+            None => default.to_owned(),
+            Some(n) => {
+                let text = n.get_ref().trim();
+                let ok = !text.is_empty()
+                    && text
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':');
+                if !ok {
+                    c.report(
+                        Some(n.span()),
+                        key(field),
+                        format!("'{text}' is not a Prometheus metric name"),
+                    );
+                }
+                text.to_owned()
+            }
+        };
+        let running = name(self, &raw.running, "running", "vllm:num_requests_running");
+        let waiting = name(self, &raw.waiting, "waiting", "vllm:num_requests_waiting");
+        let kv_usage = name(self, &raw.kv_usage, "kv_usage", "vllm:kv_cache_usage_perc");
+        let path = match &raw.path {
+            None => "/metrics".to_owned(),
+            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+            Some(p) => {
+                self.report(Some(p.span()), key("path"), "must start with '/'");
+                "/metrics".to_owned()
+            }
+        };
+        LoadMetricsConfig {
+            path,
+            interval,
+            max_age,
+            running,
+            waiting,
+            kv_usage,
         }
     }
 
