@@ -82,7 +82,7 @@ impl Generation {
             let pool = match self.pools.iter().find(|p| p.name == cfg.name) {
                 Some(previous) => {
                     let (pool, moved) = Pool::next(cfg, credential, tls, previous);
-                    if pool.routes_by_prefix() {
+                    if pool.routes_by_prefix() || cfg.affinity_header.is_some() {
                         metrics::register_affinity(&cfg.name);
                     }
                     let label = |s: String| format!("{}/{s}", cfg.name);
@@ -193,7 +193,7 @@ fn new_pool(
 ) -> Pool {
     metrics::register_pool(&cfg.name);
     let pool = Pool::new(cfg, credential, tls);
-    if pool.routes_by_prefix() {
+    if pool.routes_by_prefix() || cfg.affinity_header.is_some() {
         metrics::register_affinity(&cfg.name);
     }
     for s in pool.servers().iter() {

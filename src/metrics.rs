@@ -393,12 +393,11 @@ static PREFIX_BLOCKS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric ballast_prefix_store_blocks registers")
 });
 
-/// A prefix-affinity pool's series, at zero from the start.
+/// An affinity pool's decisions, at zero from the start.
 pub fn register_affinity(pool: &str) {
     for result in ["hit", "miss", "overloaded"] {
         AFFINITY.with_label_values(&[pool, result]);
     }
-    prefix_blocks(pool, 0);
 }
 
 static LOAD_SCRAPES: LazyLock<IntCounterVec> = LazyLock::new(|| {

@@ -151,6 +151,12 @@ pub struct PoolConfig {
     pub resolve_interval: Duration,
     /// How a server is chosen.
     pub balance: Balance,
+    /// A request header (lowercase) whose value pins a session to a
+    /// server, hashed consistently over the usable ones.
+    pub affinity_header: Option<http::HeaderName>,
+    /// The overload escape of session affinity (and its settings, with
+    /// `prefix_affinity`).
+    pub affinity: AffinityConfig,
     /// Load read from the servers' own metrics, folded into selection.
     pub load_metrics: Option<LoadMetricsConfig>,
     pub health: Option<HealthConfig>,
@@ -195,6 +201,17 @@ pub struct AffinityConfig {
     pub balance_rel: f64,
     /// Prompt blocks remembered (LRU).
     pub entries: usize,
+}
+
+impl Default for AffinityConfig {
+    fn default() -> Self {
+        AffinityConfig {
+            min_match: 0.5,
+            balance_abs: 4,
+            balance_rel: 1.5,
+            entries: 65_536,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -126,6 +126,7 @@ pub(crate) struct RawPool {
     pub api_key_header: Opt<String>,
     pub resolve_interval: Opt<String>,
     pub balance: Opt<String>,
+    pub affinity_header: Opt<String>,
     pub affinity: Option<RawAffinity>,
     pub load_metrics: Option<RawLoadMetrics>,
     pub health: Option<RawHealth>,

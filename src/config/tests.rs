@@ -133,6 +133,8 @@ fn example_file_parses_into_expected_model() {
             resolve_interval: Duration::from_secs(30),
             balance: Balance::LeastOutstanding,
             load_metrics: None,
+            affinity_header: None,
+            affinity: crate::config::AffinityConfig::default(),
             health: Some(HealthConfig {
                 path: "/health".into(),
                 interval: secs(2),
@@ -422,6 +424,8 @@ fn defaults() {
             resolve_interval: Duration::from_secs(30),
             balance: Balance::LeastOutstanding,
             load_metrics: None,
+            affinity_header: None,
+            affinity: crate::config::AffinityConfig::default(),
             health: None,
             queue: QueueConfig {
                 max_depth: 100,

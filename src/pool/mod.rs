@@ -103,6 +103,15 @@ impl PoolHeaders {
     }
 }
 
+/// A server's rank for a session (highest wins).
+fn rendezvous(session: &[u8], server: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    session.hash(&mut h);
+    server.hash(&mut h);
+    h.finish()
+}
+
 /// Why no server could be leased.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoServer {
@@ -306,7 +315,7 @@ impl Pool {
     /// Lease the best usable server, preferring ones not in `tried`
     /// (server ids).
     pub fn acquire(&self, now: Instant, tried: &[u64]) -> Result<Lease, NoServer> {
-        self.acquire_among(now, tried, false, None)
+        self.acquire_among(now, tried, false, None, None)
     }
 
     /// `acquire` (or `acquire_untried`) for a request whose prompt is
@@ -318,15 +327,25 @@ impl Pool {
         tried: &[u64],
         untried_only: bool,
         prompt: Option<&PromptChain>,
+        session: Option<&[u8]>,
     ) -> Result<Lease, NoServer> {
-        self.acquire_among(now, tried, untried_only, prompt)
+        self.acquire_among(now, tried, untried_only, prompt, session)
+    }
+
+    /// The session a request belongs to (`affinity_header`), if any.
+    pub fn session_of<'h>(&self, headers: &'h http::HeaderMap) -> Option<&'h [u8]> {
+        let name = self.config.affinity_header.as_ref()?;
+        headers
+            .get(name)
+            .map(|v| v.as_bytes())
+            .filter(|v| !v.is_empty())
     }
 
     /// Lease a server this request has not tried; none free, but some at
     /// their cap, is `at_capacity` (worth queueing for) rather than a
     /// reason to go back to a server that just failed.
     pub fn acquire_untried(&self, now: Instant, tried: &[u64]) -> Result<Lease, NoServer> {
-        self.acquire_among(now, tried, true, None)
+        self.acquire_among(now, tried, true, None, None)
     }
 
     fn acquire_among(
@@ -335,12 +354,14 @@ impl Pool {
         tried: &[u64],
         untried_only: bool,
         prompt: Option<&PromptChain>,
+        session: Option<&[u8]>,
     ) -> Result<Lease, NoServer> {
-        // The server holding enough of the prompt, if prefix affinity is on.
+        // The server holding enough of the prompt, if prefix affinity is on
+        // (a session, when the request names one, decides instead).
         let affinity = self
             .affinity
             .as_ref()
-            .zip(prompt.filter(|p| p.blocks() > 0));
+            .zip(prompt.filter(|p| p.blocks() > 0 && session.is_none()));
         let holder = affinity.and_then(|((cfg, store), chain)| {
             store
                 .longest(chain)
@@ -373,9 +394,25 @@ impl Pool {
                     tried: tried.contains(&servers[i].id),
                 })
                 .collect();
-            let k = match &affinity {
-                None => pick(&candidates, &mut rng),
-                Some(((cfg, _), _)) => {
+            let k = match (&affinity, session) {
+                (_, Some(session)) => {
+                    // Rendezvous hashing: every gateway ranks the servers
+                    // alike, and only a leaving server's sessions move.
+                    let preferred = (0..avail.len())
+                        .max_by_key(|&k| rendezvous(session, &servers[avail[k].0].addr));
+                    let leeway = Leeway {
+                        abs: self.config.affinity.balance_abs,
+                        rel: self.config.affinity.balance_rel,
+                    };
+                    let (k, result) = pick_preferring(&candidates, preferred, leeway, &mut rng);
+                    if !decided {
+                        metrics::affinity_decision(&self.name, result.label());
+                        decided = true;
+                    }
+                    k
+                }
+                (None, None) => pick(&candidates, &mut rng),
+                (Some(((cfg, _), _)), None) => {
                     let preferred =
                         holder.and_then(|id| avail.iter().position(|&(i, _)| servers[i].id == id));
                     let leeway = Leeway {

@@ -24,6 +24,8 @@ fn pool_config(servers: &[(u16, u32)], max_fails: u32) -> PoolConfig {
         resolve_interval: Duration::from_secs(30),
         balance: Balance::LeastOutstanding,
         load_metrics: None,
+        affinity_header: None,
+        affinity: crate::config::AffinityConfig::default(),
         health: None,
         queue: QueueConfig {
             max_depth: 100,
@@ -316,4 +318,57 @@ fn reported_load_steers_selection_while_fresh() {
     // Once stale, the report no longer counts.
     let later = t0 + Duration::from_secs(4);
     assert_eq!(busy.load(later, Some(Duration::from_secs(3))), 0);
+}
+
+#[test]
+fn sessions_hash_consistently_and_escape_overload() {
+    let mut cfg = pool_config(&[(1, 1), (2, 1), (3, 1)], 1);
+    cfg.affinity_header = Some(http::HeaderName::from_static("x-session-id"));
+    let p = Pool::new(&cfg, None, None);
+    let now = Instant::now();
+    let home = |p: &Pool, s: &str| {
+        p.acquire_for(now, &[], false, None, Some(s.as_bytes()))
+            .unwrap()
+            .id()
+    };
+    let sessions: Vec<String> = (0..60).map(|i| format!("session-{i}")).collect();
+    let before: Vec<u64> = sessions.iter().map(|s| home(&p, s)).collect();
+    // The same every time, and spread over all three.
+    assert_eq!(
+        before,
+        sessions.iter().map(|s| home(&p, s)).collect::<Vec<_>>()
+    );
+    for server in p.servers().iter() {
+        assert!(before.contains(&server.id), "no session on {}", server.addr);
+    }
+    // One server goes (ejected): only its sessions move.
+    let gone = p.servers()[1].clone();
+    gone.record(true, now);
+    assert!(!gone.availability(now).is_usable());
+    for (s, was) in sessions.iter().zip(&before) {
+        let now_on = home(&p, s);
+        if *was == gone.id {
+            assert_ne!(now_on, gone.id);
+        } else {
+            assert_eq!(now_on, *was, "{s} moved though its server stayed");
+        }
+    }
+    // A session's server busier than the least loaded by more than the
+    // leeway (4 requests, and 1.5x) gives the next request away.
+    let s = &sessions[0];
+    let mine = home(&p, s);
+    let held: Vec<_> = (0..5)
+        .map(|_| {
+            p.acquire_for(now, &[], false, None, Some(s.as_bytes()))
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        held.iter().all(|l| l.id() == mine),
+        "within the leeway it stays"
+    );
+    let next = p
+        .acquire_for(now, &[], false, None, Some(s.as_bytes()))
+        .unwrap();
+    assert_ne!(next.id(), mine, "overloaded: it escapes");
 }

@@ -149,7 +149,8 @@ impl Gateway {
             let acquired = if pool.admission.has_waiters() {
                 Err(None)
             } else {
-                pool.acquire_for(now, &tried, untried_only, req.prompt)
+                let session = pool.session_of(&req.head.headers);
+                pool.acquire_for(now, &tried, untried_only, req.prompt, session)
                     .map_err(Some)
             };
             let mut lease = match acquired {

@@ -280,3 +280,65 @@ async fn a_failed_scrape_never_takes_a_server_out() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_header_keeps_a_session_on_one_server_until_it_is_overloaded() {
+    let sims = [sim("s1").await, sim("s2").await, sim("s3").await];
+    let addrs: Vec<String> = sims.iter().map(|s| s.addr().to_string()).collect();
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        pool_toml(
+            "p",
+            &addrs,
+            "affinity_header = \"x-session-id\"\n[pool.affinity]\nbalance_abs = 1\nbalance_rel = 1.5\n"
+        ),
+        route_toml("chat", "/v1/", "p", "")
+    ))
+    .await;
+    let served = |session: String| {
+        let req = gw
+            .client
+            .get(gw.url("/v1/models"))
+            .header("x-session-id", session);
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.headers()["x-sim-server"].to_str().unwrap().to_string()
+        }
+    };
+    let mut homes = Vec::new();
+    for s in 0..15 {
+        let first = served(format!("user-{s}")).await;
+        for _ in 0..3 {
+            assert_eq!(served(format!("user-{s}")).await, first, "user-{s} moved");
+        }
+        homes.push(first);
+    }
+    homes.sort();
+    homes.dedup();
+    assert!(homes.len() > 1, "every session on {homes:?}");
+
+    // Its server slows down and the session sends many at once: beyond the
+    // leeway the others take some.
+    let home = served("user-0".into()).await;
+    let slow = sims.iter().find(|s| s.name() == home).unwrap();
+    slow.set_fault(latency(Duration::from_millis(800)));
+    let burst: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(served("user-0".into())))
+        .collect();
+    let mut elsewhere = 0;
+    for b in burst {
+        if b.await.unwrap() != home {
+            elsewhere += 1;
+        }
+    }
+    assert!(elsewhere >= 1, "the overloaded server kept the whole burst");
+    assert!(
+        gw.metric(
+            "ballast_affinity_decisions_total",
+            &[("pool", "p"), ("result", "overloaded")]
+        )
+        .await
+            >= 1.0
+    );
+}

@@ -86,7 +86,20 @@ impl Checker<'_> {
             secs(30),
             true,
         );
-        let balance = self.balance(i, raw);
+        let (balance, affinity) = self.balance(i, raw);
+        let affinity_header = raw.affinity_header.as_ref().and_then(|h| {
+            match http::HeaderName::from_bytes(h.get_ref().trim().as_bytes()) {
+                Ok(name) => Some(name),
+                Err(_) => {
+                    self.report(
+                        Some(h.span()),
+                        key("affinity_header"),
+                        format!("'{}' is not a valid header name", h.get_ref()),
+                    );
+                    None
+                }
+            }
+        });
         let load_metrics = raw.load_metrics.as_ref().map(|l| self.load_metrics(i, l));
         let health = raw.health.as_ref().map(|h| self.health(i, h));
         let queue = self.queue(i, raw.queue.as_ref());
@@ -144,6 +157,8 @@ impl Checker<'_> {
             api_key_header,
             resolve_interval,
             balance,
+            affinity_header,
+            affinity,
             load_metrics,
             health,
             queue,
@@ -367,7 +382,7 @@ impl Checker<'_> {
     }
 
     /// `pool.balance` and its `[pool.affinity]`.
-    fn balance(&mut self, i: usize, raw: &RawPool) -> Balance {
+    fn balance(&mut self, i: usize, raw: &RawPool) -> (Balance, AffinityConfig) {
         let key = |field: &str| format!("pool[{i}].{field}");
         let affinity = RawAffinity::default();
         let a = raw.affinity.as_ref().unwrap_or(&affinity);
@@ -378,23 +393,29 @@ impl Checker<'_> {
             balance_rel: self.fraction(&a.balance_rel, &akey("balance_rel"), 1.5, None),
             entries: self.int(&a.entries, &akey("entries"), 65_536, 1, 1 << 24) as usize,
         };
-        match raw.balance.as_ref().map(|b| (b, b.get_ref().trim())) {
+        let balance = match raw.balance.as_ref().map(|b| (b, b.get_ref().trim())) {
             None | Some((_, "least_outstanding")) => {
-                if let Some(span) = raw.affinity.as_ref().and_then(|a| {
+                // Session affinity uses the overload escape only.
+                let unused = |a: &RawAffinity| {
+                    let escape_only = raw.affinity_header.is_some();
                     span_of(&a.min_match)
-                        .or(span_of(&a.balance_abs))
-                        .or(span_of(&a.balance_rel))
                         .or(span_of(&a.entries))
-                }) {
+                        .or(if escape_only {
+                            None
+                        } else {
+                            span_of(&a.balance_abs).or(span_of(&a.balance_rel))
+                        })
+                };
+                if let Some(span) = raw.affinity.as_ref().and_then(unused) {
                     self.report(
                         Some(span),
                         key("affinity"),
-                        "only used with balance = \"prefix_affinity\"",
+                        "only used with balance = \"prefix_affinity\" (balance_abs and balance_rel also with affinity_header)",
                     );
                 }
                 Balance::LeastOutstanding
             }
-            Some((_, "prefix_affinity")) => Balance::PrefixAffinity(config),
+            Some((_, "prefix_affinity")) => Balance::PrefixAffinity(config.clone()),
             Some((b, other)) => {
                 self.report(
                     Some(b.span()),
@@ -403,7 +424,8 @@ impl Checker<'_> {
                 );
                 Balance::LeastOutstanding
             }
-        }
+        };
+        (balance, config)
     }
 
     fn queue(&mut self, i: usize, raw: Option<&RawQueue>) -> QueueConfig {
