@@ -44,9 +44,23 @@ impl PromptChain {
     /// The chain of an OpenAI request body: its messages (role and text
     /// content, in order) or its `prompt`; empty for anything else.
     pub fn of_body(body: &[u8]) -> PromptChain {
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-            return PromptChain::default();
-        };
+        match render(body) {
+            Some(text) => PromptChain::of_text(&text),
+            None => PromptChain::default(),
+        }
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// The text a chain is made of: each message's role and text content, one
+/// per line (`role\ncontent\n`), or the `prompt`; `None` for a body that
+/// is not JSON.
+pub fn render(body: &[u8]) -> Option<String> {
+    let v = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    {
         let mut text = String::new();
         if let Some(messages) = v["messages"].as_array() {
             for m in messages {
@@ -58,11 +72,7 @@ impl PromptChain {
         } else {
             push_text(&v["prompt"], &mut text);
         }
-        PromptChain::of_text(&text)
-    }
-
-    pub fn blocks(&self) -> usize {
-        self.0.len()
+        Some(text)
     }
 }
 

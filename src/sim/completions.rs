@@ -37,6 +37,16 @@ fn prompt_tokens(body: &Value) -> u64 {
         .max(1)
 }
 
+/// The text a request will be answered with (for the KV-cache model).
+pub(crate) fn answer_text(shared: &Shared, body: &[u8]) -> String {
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let n = ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(Value::as_u64))
+        .map_or(shared.tokens, |l| l.min(MAX_TOKENS) as u32);
+    (0..n).map(|i| format!("tok{i} ")).collect()
+}
+
 /// What a completion request is answered with, whatever the protocol.
 pub(crate) enum Answer {
     Reply(Reply),
@@ -103,7 +113,9 @@ pub(crate) async fn completion(
     omit_done: bool,
 ) -> Flow {
     // The prompt is prefilled first: the part not cached takes time.
-    let prefill = shared.kv.prefill(&req.body);
+    let prefill = shared
+        .kv
+        .prefill(&req.body, &answer_text(shared, &req.body));
     if !prefill.is_zero() && conn.wait_or_disconnect(Some(prefill)).await {
         shared.count_disconnect();
         return Flow::Close;

@@ -129,7 +129,8 @@ async fn stream(
         FaultKind::StallMidStream { after_tokens } => Some(Cut::Stall(after_tokens)),
     };
     if req.method == "POST" && req.path.ends_with("completions") {
-        let prefill = shared.kv.prefill(&req.body);
+        let answer = completions::answer_text(&shared, &req.body);
+        let prefill = shared.kv.prefill(&req.body, &answer);
         if !prefill.is_zero() && wait_or_reset(Some(prefill), |cx| respond.poll_reset(cx)).await {
             shared.count_stream_reset();
             return;

@@ -5,7 +5,7 @@
 //! (requests running and waiting, KV-cache usage, prefix-cache queries and
 //! hits), plus load reported from elsewhere (`/_sim/load`).
 
-use crate::pool::prefix::{PrefixStore, PromptChain, BLOCK};
+use crate::pool::prefix::{render, PrefixStore, PromptChain, BLOCK};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -39,14 +39,22 @@ impl KvCache {
     }
 
     /// Look the prompt of `body` up, remember it, and return how long its
-    /// prefill takes.
-    pub fn prefill(&self, body: &[u8]) -> Duration {
+    /// prefill takes. The answer (`answer`, as the next turn's history will
+    /// hold it) is cached too, as a model server keeps the KV of what it
+    /// generated.
+    pub fn prefill(&self, body: &[u8], answer: &str) -> Duration {
         let chain = PromptChain::of_body(body);
         let total = prompt_chars(body) / CHARS_PER_TOKEN;
         let cached = match &self.blocks {
             Some(store) => {
                 let hit = store.longest(&chain).map_or(0, |m| m.blocks);
                 store.record(&chain, 0);
+                if let Some(mut text) = render(body) {
+                    text.push_str("assistant\n");
+                    text.push_str(answer);
+                    text.push('\n');
+                    store.record(&PromptChain::of_text(&text), 0);
+                }
                 (hit * BLOCK / CHARS_PER_TOKEN).min(total)
             }
             None => 0,
@@ -121,12 +129,12 @@ mod tests {
     #[test]
     fn a_cached_prefix_is_not_prefilled_again() {
         let kv = KvCache::new(Duration::from_micros(100), 1000);
-        let first = kv.prefill(&chat(&["alpha "]));
+        let first = kv.prefill(&chat(&["alpha "]), "");
         // 600 characters of content: about 150 tokens, all new.
         assert!(first >= Duration::from_millis(15), "{first:?}");
-        let again = kv.prefill(&chat(&["alpha ", "beta "]));
+        let again = kv.prefill(&chat(&["alpha ", "beta "]), "");
         let cold =
-            KvCache::new(Duration::from_micros(100), 1000).prefill(&chat(&["alpha ", "beta "]));
+            KvCache::new(Duration::from_micros(100), 1000).prefill(&chat(&["alpha ", "beta "]), "");
         assert!(
             again < cold / 2 + Duration::from_millis(2),
             "{again:?} vs {cold:?}"
@@ -143,9 +151,26 @@ mod tests {
         // No cache: everything is prefilled every time.
         let none = KvCache::new(Duration::from_micros(100), 0);
         assert_eq!(
-            none.prefill(&chat(&["alpha "])),
-            none.prefill(&chat(&["alpha "]))
+            none.prefill(&chat(&["alpha "]), ""),
+            none.prefill(&chat(&["alpha "]), "")
         );
+    }
+
+    #[test]
+    fn what_it_answered_is_cached_for_the_next_turn() {
+        let kv = KvCache::new(Duration::from_micros(100), 1000);
+        let question = "q ".repeat(300);
+        let answer = "tok ".repeat(200);
+        let turn1 = serde_json::json!({"messages": [{"role": "user", "content": question}]});
+        let turn2 = serde_json::json!({"messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": "and then?"},
+        ]});
+        kv.prefill(&serde_json::to_vec(&turn1).unwrap(), &answer);
+        // Only the new question (and the last partial block) is prefilled.
+        let second = kv.prefill(&serde_json::to_vec(&turn2).unwrap(), "");
+        assert!(second <= Duration::from_micros(100) * 40, "{second:?}");
     }
 
     #[test]
