@@ -285,13 +285,21 @@ impl Pool {
         // series again after it is removed.
         let mut draining = self.draining();
         let mut gone = Vec::new();
+        let mut gone_ids = Vec::new();
         draining.retain(|s| {
             let idle = s.outstanding() == 0;
             if idle {
                 gone.push(s.addr.clone());
+                gone_ids.push(s.id);
             }
             !idle
         });
+        // Prompts it served are nobody's now.
+        if let Some((_, store)) = &self.affinity {
+            for id in gone_ids {
+                store.forget(id);
+            }
+        }
         for label in &gone {
             // A member of another entry may carry the same label (the same
             // name listed twice resolves alike): keep its series then.
