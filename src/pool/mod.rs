@@ -402,31 +402,9 @@ impl Pool {
                     tried: tried.contains(&servers[i].id),
                 })
                 .collect();
-            let k = match (&affinity, session) {
-                (_, Some(session)) => {
-                    // Rendezvous hashing: every gateway ranks the servers
-                    // alike, and only a leaving server's sessions move.
-                    let preferred = (0..avail.len())
-                        .max_by_key(|&k| rendezvous(session, &servers[avail[k].0].addr));
-                    let leeway = Leeway {
-                        abs: self.config.affinity.balance_abs,
-                        rel: self.config.affinity.balance_rel,
-                    };
-                    let (k, result) = pick_preferring(&candidates, preferred, leeway, &mut rng);
-                    if !decided {
-                        metrics::affinity_decision(&self.name, result.label());
-                        decided = true;
-                    }
-                    k
-                }
-                (None, None) => pick(&candidates, &mut rng),
-                (Some(((cfg, _), _)), None) => {
-                    let preferred =
-                        holder.and_then(|id| avail.iter().position(|&(i, _)| servers[i].id == id));
-                    let leeway = Leeway {
-                        abs: cfg.balance_abs,
-                        rel: cfg.balance_rel,
-                    };
+            let k = match self.preference(&servers, &avail, holder, session, affinity.is_some()) {
+                None => pick(&candidates, &mut rng),
+                Some((preferred, leeway)) => {
                     let (k, mut result) = pick_preferring(&candidates, preferred, leeway, &mut rng);
                     // A holder that is not among the candidates (ejected,
                     // at its cap) cannot take it: the prompt moves.
@@ -460,6 +438,36 @@ impl Pool {
             retry_after: self.retry_after(now),
             at_capacity,
         })
+    }
+
+    /// Which candidate (index into `avail`) affinity prefers, with the
+    /// leeway it keeps: the session's by rendezvous hashing, or else the
+    /// prompt prefix's `holder`; `None` when no affinity applies.
+    fn preference(
+        &self,
+        servers: &[Arc<Server>],
+        avail: &[(usize, Availability)],
+        holder: Option<u64>,
+        session: Option<&[u8]>,
+        by_prefix: bool,
+    ) -> Option<(Option<usize>, Leeway)> {
+        if session.is_none() && !by_prefix {
+            return None;
+        }
+        // `[pool.affinity]`: the same leeway for sessions and prefixes.
+        let leeway = Leeway {
+            abs: self.config.affinity.balance_abs,
+            rel: self.config.affinity.balance_rel,
+        };
+        let preferred = match session {
+            // Every gateway ranks the servers alike, and only a leaving
+            // server's sessions move.
+            Some(session) => {
+                (0..avail.len()).max_by_key(|&k| rendezvous(session, &servers[avail[k].0].addr))
+            }
+            None => holder.and_then(|id| avail.iter().position(|&(i, _)| servers[i].id == id)),
+        };
+        Some((preferred, leeway))
     }
 
     /// When the earliest server can be expected back: the honest
