@@ -453,6 +453,9 @@ pub fn register_key(key: &str) {
     for kind in ["prompt", "completion"] {
         KEY_TOKENS.with_label_values(&[key, kind]);
     }
+    for reason in ["rpm", "tpm", "concurrency", "route", "model"] {
+        KEY_REJECTIONS.with_label_values(&[key, reason]);
+    }
 }
 
 /// Touch every metric so they all appear in the first scrape.
@@ -479,6 +482,9 @@ pub fn init() {
     CONNECTIONS_REFUSED.with_label_values(&["max_connections"]);
     for reason in ["missing", "invalid"] {
         AUTH_FAILURES.with_label_values(&[reason]);
+    }
+    for decision in ["allowed", "refused", "dropped"] {
+        RATELIMIT_STORE_ERRORS.with_label_values(&[decision]);
     }
     for result in ["ok", "error"] {
         CONFIG_RELOADS.with_label_values(&[result]);

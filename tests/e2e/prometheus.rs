@@ -287,23 +287,56 @@ fn metric_names(query: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_reads_only_metrics_ballast_exports() {
     let a = sim("a").await;
+    // Every feature the dashboard shows: client keys, prefix affinity and
+    // reported load.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let key = "sk-dashboard-test";
+    std::fs::write(
+        &keys,
+        format!(
+            "[[key]]\nname = \"team\"\nsha256 = \"{}\"\nrpm = 100\n",
+            ballast::keys::hash_hex(key)
+        ),
+    )
+    .unwrap();
     let gw = Gateway::start(&format!(
-        "{}{}",
-        pool_toml("local", &[a.addr().to_string()], ""),
-        route_toml("chat", "/", "local", "")
+        "[auth]\nkeys_file = \"{}\"\n\n{}{}",
+        keys.display(),
+        pool_toml(
+            "local",
+            &[a.addr().to_string()],
+            "balance = \"prefix_affinity\"\n[pool.load_metrics]\ninterval = \"100ms\"\n"
+        ),
+        route_toml("chat", "/", "local", "require_key = true")
     ))
     .await;
     // One answer of each kind, so that every family has a series.
-    let r = gw.client.get(gw.url("/v1/models")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(
-        whole_stream(
-            &gw.client,
-            &gw.url("/v1/chat/completions"),
-            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#
-        )
+    let r = gw
+        .client
+        .get(gw.url("/v1/models"))
+        .bearer_auth(key)
+        .send()
         .await
-    );
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .body(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, whole) = read_to_end(r.bytes_stream()).await;
+    assert!(whole);
+    gw.wait_metric_at_least(
+        "ballast_load_scrapes_total",
+        &[("pool", "local"), ("result", "ok")],
+        1.0,
+    )
+    .await;
     let exported: std::collections::HashSet<String> = gw
         .metrics()
         .await
