@@ -14,6 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use window::{Exceeded, RateHeaders, Usage};
 
+/// How long a request over `max_concurrent` waits for a place, and how
+/// often it looks.
+const CONCURRENCY_WAIT: Duration = Duration::from_millis(100);
+const CONCURRENCY_POLL: Duration = Duration::from_millis(10);
+
 pub struct Limiter {
     store: Store,
     fail_open: bool,
@@ -98,8 +103,28 @@ impl Limiter {
     }
 
     /// Count one more request of `key`, or say which limit it is over.
+    ///
+    /// A request over `max_concurrent` waits up to `CONCURRENCY_WAIT` for a
+    /// place first: a client that sends its next request the moment an
+    /// answer ends (maybe to another gateway) can arrive before that
+    /// answer's place is given back, which happens just after its last
+    /// byte was written.
     pub async fn admit(self: &Arc<Self>, key: &ClientKey) -> Decision {
-        self.admit_at(key, now_ms()).await
+        let until = std::time::Instant::now() + CONCURRENCY_WAIT;
+        loop {
+            let decision = self.admit_at(key, now_ms()).await;
+            let busy = matches!(
+                decision,
+                Decision::Limited {
+                    exceeded: Exceeded::Concurrency,
+                    ..
+                }
+            );
+            if !busy || std::time::Instant::now() >= until {
+                return decision;
+            }
+            tokio::time::sleep(CONCURRENCY_POLL).await;
+        }
     }
 
     /// `admit` at `now` (Unix milliseconds).
@@ -264,6 +289,34 @@ mod tests {
         ));
         drop(first);
         assert!(matches!(l.admit_at(&k, NOW).await, Decision::Allowed(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_place_given_back_meanwhile_is_waited_for() {
+        let l = local();
+        let k = key(0, 0, 1);
+        let first = match l.admit(&k).await {
+            Decision::Allowed(g) => g,
+            _ => panic!("the first fits"),
+        };
+        // Given back while the second waits: it gets the place.
+        let second = tokio::spawn({
+            let l = l.clone();
+            let k = k.clone();
+            async move { matches!(l.admit(&k).await, Decision::Allowed(_)) }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        drop(first);
+        assert!(second.await.unwrap(), "admitted once the place came back");
+        // Not given back within the wait: 429.
+        let _held = l.admit(&k).await;
+        assert!(matches!(
+            l.admit(&k).await,
+            Decision::Limited {
+                exceeded: Exceeded::Concurrency,
+                ..
+            }
+        ));
     }
 
     #[tokio::test]
