@@ -236,6 +236,7 @@ async fn each_limit_answers_429_with_what_openai_clients_read() {
     .await;
 
     // Requests per minute: two, then 429 until the minute turns.
+    away_from_a_window_edge().await;
     for left in ["1", "0"] {
         let r = chat(&gw, Some(("x-api-key", &rpm))).await;
         assert_eq!(r.status(), 200);
@@ -399,6 +400,7 @@ async fn the_openai_client_sees_rate_limit_and_authentication_errors() {
         route_toml("chat", "/v1/", "p", "openai = true\nrequire_key = true")
     ))
     .await;
+    away_from_a_window_edge().await;
     let limited = python_client(&gw, "rate_limited", &key).await;
     assert_eq!(limited["second"], "RateLimitError", "{limited}");
     assert_eq!(limited["status"], 429);

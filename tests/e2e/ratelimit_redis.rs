@@ -5,7 +5,7 @@
 use crate::harness::*;
 use ballast::keys::hash_hex;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 struct Redis {
     child: Child,
@@ -62,19 +62,6 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Limits count per minute of Unix time: start a test's counting well
-/// inside one, so that no window turns over under it.
-async fn away_from_a_window_edge() {
-    let into = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        % 60_000;
-    if into > 40_000 {
-        tokio::time::sleep(Duration::from_millis(60_000 - into as u64 + 50)).await;
     }
 }
 
