@@ -323,21 +323,7 @@ impl Pool {
     /// Lease the best usable server, preferring ones not in `tried`
     /// (server ids).
     pub fn acquire(&self, now: Instant, tried: &[u64]) -> Result<Lease, NoServer> {
-        self.acquire_among(now, tried, false, None, None)
-    }
-
-    /// `acquire` (or `acquire_untried`) for a request whose prompt is
-    /// `prompt`: with prefix affinity, the server that last served the
-    /// longest part of it is preferred while it is not overloaded.
-    pub fn acquire_for(
-        &self,
-        now: Instant,
-        tried: &[u64],
-        untried_only: bool,
-        prompt: Option<&PromptChain>,
-        session: Option<&[u8]>,
-    ) -> Result<Lease, NoServer> {
-        self.acquire_among(now, tried, untried_only, prompt, session)
+        self.acquire_for(now, tried, false, None, None)
     }
 
     /// The session a request belongs to (`affinity_header`), if any.
@@ -349,14 +335,12 @@ impl Pool {
             .filter(|v| !v.is_empty())
     }
 
-    /// Lease a server this request has not tried; none free, but some at
-    /// their cap, is `at_capacity` (worth queueing for) rather than a
-    /// reason to go back to a server that just failed.
-    pub fn acquire_untried(&self, now: Instant, tried: &[u64]) -> Result<Lease, NoServer> {
-        self.acquire_among(now, tried, true, None, None)
-    }
-
-    fn acquire_among(
+    /// Lease a server for a request. With `untried_only`, only servers it
+    /// has not tried: none free but some at their cap is `at_capacity`
+    /// (worth queueing for) rather than a reason to go back to a server
+    /// that just failed. `prompt` and `session` feed prefix and session
+    /// affinity: the preferred server gets it while not overloaded.
+    pub fn acquire_for(
         &self,
         now: Instant,
         tried: &[u64],
