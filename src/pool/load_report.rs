@@ -10,7 +10,6 @@ use crate::config::LoadMetricsConfig;
 use crate::redact::Redacted;
 use pingora_core::connectors::http::Connector;
 use pingora_http::RequestHeader;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,34 +23,8 @@ pub async fn run(pool: Arc<Pool>) {
         return;
     };
     let connector = Arc::new(Connector::new(None));
-    let mut changes = pool.watch_members();
-    let mut loops: HashMap<u64, Loop> = HashMap::new();
-    loop {
-        let members = pool.servers();
-        loops.retain(|id, _| members.iter().any(|s| s.id == *id));
-        for s in members.iter() {
-            loops.entry(s.id).or_insert_with(|| {
-                Loop(tokio::spawn(scrape_loop(
-                    connector.clone(),
-                    s.clone(),
-                    cfg.clone(),
-                    pool.host.clone(),
-                )))
-            });
-        }
-        if changes.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// One member's scrape loop, ended with it.
-struct Loop(tokio::task::JoinHandle<()>);
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    pool.per_member(|s| scrape_loop(connector.clone(), s, cfg.clone(), pool.host.clone()))
+        .await;
 }
 
 async fn scrape_loop(

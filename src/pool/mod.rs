@@ -103,6 +103,17 @@ impl PoolHeaders {
     }
 }
 
+/// The tasks of a pool's members (`Pool::per_member`), ended with it.
+struct MemberTasks(std::collections::HashMap<u64, tokio::task::JoinHandle<()>>);
+
+impl Drop for MemberTasks {
+    fn drop(&mut self) {
+        for task in self.0.values() {
+            task.abort();
+        }
+    }
+}
+
 /// A server's rank for a session (highest wins).
 fn rendezvous(session: &[u8], server: &str) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -221,6 +232,37 @@ impl Pool {
     /// Follows changes of members.
     pub fn watch_members(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Run `task(member)` for every member until this future is dropped: a
+    /// member that joins gets its task at once, one that leaves loses it.
+    /// (Health checks and load scrapes are such per-member loops.)
+    pub async fn per_member<F, Fut>(&self, task: F)
+    where
+        F: Fn(Arc<Server>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut changes = self.watch_members();
+        let mut tasks = MemberTasks(std::collections::HashMap::new());
+        loop {
+            let members = self.servers();
+            tasks.0.retain(|id, t| {
+                let stays = members.iter().any(|s| s.id == *id);
+                if !stays {
+                    t.abort();
+                }
+                stays
+            });
+            for s in members.iter() {
+                tasks
+                    .0
+                    .entry(s.id)
+                    .or_insert_with(|| tokio::spawn(task(s.clone())));
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     fn draining(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Server>>> {

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use crate::redact::Redacted;
 use pingora_core::connectors::http::Connector;
 use pingora_http::RequestHeader;
-use std::collections::HashMap;
 
 /// Run checks for every member of `pool` until the task is dropped; a
 /// member that joins is checked at once, one that leaves is no longer.
@@ -20,42 +19,8 @@ pub async fn run(pool: Arc<Pool>) {
         return;
     };
     let connector = Arc::new(Connector::new(None));
-    let mut changes = pool.watch_members();
-    let mut loops = Loops(HashMap::new());
-    loop {
-        let members = pool.servers();
-        loops.0.retain(|id, task| {
-            let stays = members.iter().any(|s| s.id == *id);
-            if !stays {
-                task.abort();
-            }
-            stays
-        });
-        for s in members.iter() {
-            loops.0.entry(s.id).or_insert_with(|| {
-                tokio::spawn(check_loop(
-                    connector.clone(),
-                    s.clone(),
-                    cfg.clone(),
-                    pool.host.clone(),
-                ))
-            });
-        }
-        if changes.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// The check loops of a pool's members, ended with it.
-struct Loops(HashMap<u64, tokio::task::JoinHandle<()>>);
-
-impl Drop for Loops {
-    fn drop(&mut self) {
-        for task in self.0.values() {
-            task.abort();
-        }
-    }
+    pool.per_member(|s| check_loop(connector.clone(), s, cfg.clone(), pool.host.clone()))
+        .await;
 }
 
 async fn check_loop(
