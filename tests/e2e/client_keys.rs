@@ -4,7 +4,6 @@
 use crate::harness::*;
 use ballast::keys::hash_hex;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 /// A key file in a temp dir: `(name, key, extra lines)` per key.
@@ -37,6 +36,18 @@ impl KeyFile {
 
     fn auth(&self) -> String {
         format!("[auth]\nkeys_file = \"{}\"\n\n", self.path.display())
+    }
+
+    /// A gateway with these keys whose OpenAI route `chat` (`/v1/`) in
+    /// front of `backend` requires one.
+    async fn gateway(&self, backend: &ballast::sim::SimServer) -> Gateway {
+        Gateway::start(&format!(
+            "{}{}{}",
+            self.auth(),
+            pool_toml("p", &[backend.addr().to_string()], ""),
+            route_toml("chat", "/v1/", "p", "openai = true\nrequire_key = true")
+        ))
+        .await
     }
 }
 
@@ -74,13 +85,7 @@ async fn a_route_that_requires_a_key_answers_only_to_known_keys() {
     let a = sim("a").await;
     let alpha = secret("alpha");
     let keys = KeyFile::new(&[("alpha", &alpha, "")]);
-    let gw = Gateway::start(&format!(
-        "{}{}{}",
-        keys.auth(),
-        pool_toml("p", &[a.addr().to_string()], ""),
-        route_toml("chat", "/v1/", "p", "openai = true\nrequire_key = true")
-    ))
-    .await;
+    let gw = keys.gateway(&a).await;
 
     let missing = chat(&gw, None).await;
     assert_eq!(missing.status(), 401);
@@ -227,13 +232,7 @@ async fn each_limit_answers_429_with_what_openai_clients_read() {
         ("by-tokens", &tpm, "tpm = 5"),
         ("by-concurrency", &conc, "max_concurrent = 1"),
     ]);
-    let gw = Gateway::start(&format!(
-        "{}{}{}",
-        keys.auth(),
-        pool_toml("p", &[a.addr().to_string()], ""),
-        route_toml("chat", "/v1/", "p", "openai = true\nrequire_key = true")
-    ))
-    .await;
+    let gw = keys.gateway(&a).await;
 
     // Requests per minute: two, then 429 until the minute turns.
     away_from_a_window_edge().await;
@@ -393,13 +392,7 @@ async fn the_openai_client_sees_rate_limit_and_authentication_errors() {
     let a = sim("a").await;
     let key = secret("sdk");
     let keys = KeyFile::new(&[("sdk", &key, "rpm = 1")]);
-    let gw = Gateway::start(&format!(
-        "{}{}{}",
-        keys.auth(),
-        pool_toml("p", &[a.addr().to_string()], ""),
-        route_toml("chat", "/v1/", "p", "openai = true\nrequire_key = true")
-    ))
-    .await;
+    let gw = keys.gateway(&a).await;
     away_from_a_window_edge().await;
     let limited = python_client(&gw, "rate_limited", &key).await;
     assert_eq!(limited["second"], "RateLimitError", "{limited}");
@@ -418,26 +411,7 @@ async fn the_openai_client_sees_rate_limit_and_authentication_errors() {
 }
 
 async fn python_client(gw: &Gateway, scenario: &str, key: &str) -> serde_json::Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_client.py");
-    let (base, scenario, key) = (gw.url("/v1"), scenario.to_string(), key.to_string());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .arg(base)
-            .arg(scenario)
-            .env("BALLAST_TEST_KEY", key)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).expect("one JSON line")
+    crate::openai_client::run_env(gw, scenario, &[("BALLAST_TEST_KEY", key)]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,8 +7,18 @@ use std::process::Command;
 use std::time::Duration;
 
 async fn run(gw: &Gateway, scenario: &str) -> serde_json::Value {
+    run_env(gw, scenario, &[]).await
+}
+
+/// The client's `scenario` against `gw`, with these environment variables
+/// (`BALLAST_TEST_KEY`, `BALLAST_TEST_CA`): the one JSON line it prints.
+pub async fn run_env(gw: &Gateway, scenario: &str, env: &[(&str, &str)]) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_client.py");
     let base = gw.url("/v1");
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let out = tokio::task::spawn_blocking({
         let scenario = scenario.to_string();
         move || {
@@ -16,6 +26,7 @@ async fn run(gw: &Gateway, scenario: &str) -> serde_json::Value {
                 .arg(script)
                 .arg(base)
                 .arg(scenario)
+                .envs(env)
                 .output()
         }
     })
