@@ -41,7 +41,7 @@ enum Command {
     /// Start simulated backends on every server address of the config, then the gateway.
     Demo,
     /// Run simulated OpenAI-compatible model backends.
-    Sim(ballast::sim::SimArgs),
+    Sim(Box<ballast::sim::SimArgs>),
     /// Ask the running gateway's admin listener (from the config) whether it
     /// is alive: exit 0 if /healthz answers 200 (with --ready, /readyz).
     /// The container image's health check.
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
         },
         Command::Run { upgrade } => exit(run(&cli.config, false, upgrade)),
         Command::Demo => exit(run(&cli.config, true, false)),
-        Command::Sim(args) => exit(run_sim(args)),
+        Command::Sim(args) => exit(run_sim(*args)),
         Command::Key(KeyCommand::Hash) => {
             let mut key = String::new();
             if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {

@@ -241,6 +241,27 @@ static STREAM_ABORTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric ballast_stream_aborts_total registers")
 });
 
+static STREAM_RESUMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_stream_resumes_total",
+        "Streams cut after bytes reached the client, by the pool that cut them and \
+         what came of resuming them: resumed, refused (the continuation was not a stream), \
+         failed (no server could continue), or why it was not tried (limit, deadline, \
+         tool_call, multi_choice, reasoning, unreadable, finished)",
+        &["pool", "result"]
+    )
+    .expect("metric ballast_stream_resumes_total registers")
+});
+
+static CONTEXT_FALLBACKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_context_fallbacks_total",
+        "Requests moved to a fallback with a longer context after a server said the prompt was too long",
+        &["route"]
+    )
+    .expect("metric ballast_context_fallbacks_total registers")
+});
+
 static QUEUE_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "ballast_queue_depth",
@@ -320,6 +341,14 @@ pub fn stream_done(kind: &str, seconds: f64) {
 
 pub fn stream_abort(reason: &str) {
     STREAM_ABORTS.with_label_values(&[reason]).inc();
+}
+
+pub fn stream_resume(pool: &str, result: &str) {
+    STREAM_RESUMES.with_label_values(&[pool, result]).inc();
+}
+
+pub fn context_fallback(route: &str) {
+    CONTEXT_FALLBACKS.with_label_values(&[route]).inc();
 }
 
 static KEY_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -473,6 +502,8 @@ pub fn init() {
     LazyLock::force(&STREAMS_ACTIVE);
     LazyLock::force(&STREAM_DURATION);
     LazyLock::force(&STREAM_ABORTS);
+    LazyLock::force(&STREAM_RESUMES);
+    LazyLock::force(&CONTEXT_FALLBACKS);
     LazyLock::force(&QUEUE_DEPTH);
     LazyLock::force(&QUEUE_WAIT);
     LazyLock::force(&SHED);

@@ -151,6 +151,11 @@ pub struct PoolConfig {
     pub resolve_interval: Duration,
     /// How a server is chosen.
     pub balance: Balance,
+    /// How this pool's servers continue a cut stream (`none`: they don't).
+    pub continuation: crate::openai::continuation::Dialect,
+    /// Opt-in quick return after a passive ejection: a probe request
+    /// after this, then after twice as long..., up to `fail_timeout`.
+    pub probe_interval: Option<Duration>,
     /// A request header (lowercase) whose value pins a session to a
     /// server, hashed consistently over the usable ones.
     pub affinity_header: Option<http::HeaderName>,
@@ -273,6 +278,8 @@ pub struct RouteConfig {
     pub upgrades: Vec<String>,
     /// Clients must present a key of `[auth]`.
     pub require_key: bool,
+    /// Cut streams are resumed on another server (`[route.resume]`).
+    pub resume: Option<ResumeConfig>,
     pub retry: RetryConfig,
     pub timeouts: Timeouts,
 }
@@ -282,6 +289,34 @@ pub struct Fallback {
     /// Index into `Config::pools`.
     pub pool: usize,
     pub model: Option<String>,
+    /// What sends a request here (`on`).
+    pub on: FallbackOn,
+}
+
+/// Why a request may move to a fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FallbackOn {
+    /// The pools before could not serve it (no usable server, busy,
+    /// failing): the default.
+    pub unavailable: bool,
+    /// A server answered that the prompt exceeds its model's context.
+    pub context_length: bool,
+}
+
+impl Default for FallbackOn {
+    fn default() -> Self {
+        FallbackOn {
+            unavailable: true,
+            context_length: false,
+        }
+    }
+}
+
+/// `[route.resume]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeConfig {
+    /// Most times one stream is resumed.
+    pub max_resumes: u32,
 }
 
 /// Order of service in a pool's queue: higher first, FIFO within a class.

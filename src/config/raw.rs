@@ -126,6 +126,8 @@ pub(crate) struct RawPool {
     pub api_key_header: Opt<String>,
     pub resolve_interval: Opt<String>,
     pub balance: Opt<String>,
+    pub continuation: Opt<String>,
+    pub probe_interval: Opt<String>,
     pub affinity_header: Opt<String>,
     pub affinity: Option<RawAffinity>,
     pub load_metrics: Option<RawLoadMetrics>,
@@ -199,6 +201,7 @@ pub(crate) struct RawRoute {
     pub priority_header: Opt<String>,
     pub upgrades: Option<Vec<Spanned<String>>>,
     pub require_key: Opt<bool>,
+    pub resume: Option<RawResume>,
     pub retry: Option<RawRetry>,
     pub timeouts: Option<RawTimeouts>,
 }
@@ -208,6 +211,15 @@ pub(crate) struct RawRoute {
 pub(crate) struct RawFallback {
     pub pool: Opt<String>,
     pub model: Opt<String>,
+    pub on: Option<Vec<Spanned<String>>>,
+}
+
+/// `[route.resume]`: cut streams continued on another server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawResume {
+    pub enabled: Opt<bool>,
+    pub max_resumes: Opt<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -132,6 +132,8 @@ fn example_file_parses_into_expected_model() {
             api_key_header: http::header::AUTHORIZATION,
             resolve_interval: Duration::from_secs(30),
             balance: Balance::LeastOutstanding,
+            continuation: Default::default(),
+            probe_interval: None,
             load_metrics: None,
             affinity_header: None,
             affinity: crate::config::AffinityConfig::default(),
@@ -165,6 +167,7 @@ fn example_file_parses_into_expected_model() {
             max_tokens_limit: None,
             stream_include_usage: false,
             require_key: false,
+            resume: None,
             retry: default_retry(),
             timeouts: default_timeouts(),
         }],
@@ -423,6 +426,8 @@ fn defaults() {
             api_key_header: http::header::AUTHORIZATION,
             resolve_interval: Duration::from_secs(30),
             balance: Balance::LeastOutstanding,
+            continuation: Default::default(),
+            probe_interval: None,
             load_metrics: None,
             affinity_header: None,
             affinity: crate::config::AffinityConfig::default(),
@@ -449,6 +454,7 @@ fn defaults() {
             max_tokens_limit: None,
             stream_include_usage: false,
             require_key: false,
+            resume: None,
             retry: default_retry(),
             timeouts: default_timeouts(),
         }]
@@ -519,6 +525,7 @@ fn priorities_and_fallbacks() {
     assert_eq!(
         r.fallback,
         vec![Fallback {
+            on: Default::default(),
             pool: 0,
             model: Some("small".into())
         }]

@@ -92,7 +92,8 @@ impl Checker<'_> {
                 "no [[route]] is defined; at least one is required",
             );
         }
-        let routes = self.routes(&raw.route, &raw.pool);
+        let dialects = pools.iter().map(|p| p.continuation).collect();
+        let routes = self.routes(&raw.route, &raw.pool, dialects);
         let auth = raw.auth.as_ref().and_then(|a| self.auth(a));
         if auth.is_none() {
             for (i, r) in raw.route.iter().enumerate() {

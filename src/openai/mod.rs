@@ -14,7 +14,10 @@
 //! stay byte-identical. This needs no `preserve_order` feature of
 //! `serde_json`.
 
+pub mod context;
+pub mod continuation;
 mod splice;
+pub mod stream;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -74,6 +77,8 @@ pub struct Inspected {
     pub model: String,
     /// `"stream": true` on chat/completions; always false for embeddings.
     pub stream: bool,
+    /// Choices asked for (`n`, 1 when absent).
+    pub choices: u64,
     /// Some(new body) when a normalisation rule changed the request; None:
     /// forward the body unchanged (byte-identical).
     pub rewritten: Option<Vec<u8>>,
@@ -160,6 +165,11 @@ pub fn inspect(
         endpoint,
         model: checked.model,
         stream: checked.stream,
+        choices: obj
+            .get("n")
+            .and_then(validate::as_int)
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(1),
         rewritten: None,
         applied: changes.iter().map(|(_, note)| note.clone()).collect(),
     };

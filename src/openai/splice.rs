@@ -14,17 +14,22 @@ use std::ops::Range;
 
 /// One change a rule makes.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) enum Change {
+pub(crate) enum Change {
     /// Top-level `key` (an integer above `to`) becomes `to`.
     Clamp { key: &'static str, to: u64 },
     /// `stream_options.include_usage` (absent or null) becomes `true`,
     /// creating `stream_options` if absent or null.
     IncludeUsage,
+    /// Top-level `key` becomes `json` (a serialised value), added at the
+    /// end if absent.
+    Set { key: &'static str, json: String },
+    /// `json` (a serialised value) is appended to the top-level array `key`.
+    Push { key: &'static str, json: String },
 }
 
 impl Change {
     /// The change on the parsed body.
-    pub(super) fn apply(&self, obj: &mut Map<String, Value>) {
+    pub(crate) fn apply(&self, obj: &mut Map<String, Value>) {
         match self {
             Change::Clamp { key, to } => {
                 obj.insert((*key).to_owned(), Value::from(*to));
@@ -38,13 +43,25 @@ impl Change {
                     obj.insert("stream_options".to_owned(), Value::Object(o));
                 }
             },
+            Change::Set { key, json } => {
+                if let Ok(v) = serde_json::from_str(json) {
+                    obj.insert((*key).to_owned(), v);
+                }
+            }
+            Change::Push { key, json } => {
+                if let (Some(Value::Array(items)), Ok(v)) =
+                    (obj.get_mut(*key), serde_json::from_str(json))
+                {
+                    items.push(v);
+                }
+            }
         }
     }
 }
 
 /// `text` (a JSON object, already validated) with `changes` made in place;
 /// duplicate keys resolve to the last, as serde_json and Python read them.
-pub(super) fn splice(text: &str, changes: &[Change]) -> Option<String> {
+pub(crate) fn splice(text: &str, changes: &[Change]) -> Option<String> {
     let b = text.as_bytes();
     let (_, top) = object(b, skip_ws(b, 0))?;
     let last = |members: &[Member<'_>], key: &str| -> Option<Range<usize>> {
@@ -78,6 +95,29 @@ pub(super) fn splice(text: &str, changes: &[Change]) -> Option<String> {
                     }
                 }
             }
+            Change::Set { key, json } => match last(&top, key) {
+                Some(at) => edits.push((at, json.clone())),
+                None => match top.last() {
+                    Some(m) => {
+                        let end = m.value.end;
+                        edits.push((end..end, format!(",{}:{json}", quoted(key))));
+                    }
+                    None => {
+                        let end = skip_ws(b, skip_ws(b, 0) + 1);
+                        edits.push((end..end, format!("{}:{json}", quoted(key))));
+                    }
+                },
+            },
+            Change::Push { key, json } => {
+                let at = last(&top, key)?;
+                if b.get(at.start) != Some(&b'[') {
+                    return None;
+                }
+                let close = at.end.checked_sub(1)?;
+                let empty = skip_ws(b, at.start + 1) == close;
+                let sep = if empty { "" } else { "," };
+                edits.push((close..close, format!("{sep}{json}")));
+            }
         }
     }
     // Replacements and insertions never overlap: each targets a different
@@ -92,6 +132,10 @@ pub(super) fn splice(text: &str, changes: &[Change]) -> Option<String> {
     }
     out.push_str(text.get(copied..)?);
     Some(out)
+}
+
+fn quoted(key: &str) -> String {
+    serde_json::Value::from(key).to_string()
 }
 
 /// A member of an object: its decoded key and the byte span of its value.

@@ -3,6 +3,12 @@
 //! `max_fails` failures inside one `fail_timeout` window eject the server for
 //! `fail_timeout`. When that time is up exactly one request is let through as
 //! a probe: its success returns the server, its failure ejects it again.
+//!
+//! With a `probe_interval` (opt-in) the first probe comes after that
+//! interval instead, and each failed probe doubles the wait, up to
+//! `fail_timeout`: a server that recovers quickly is back in seconds.
+//! A passing health check lets one probe through at once (it does not end
+//! the ejection by itself: `/health` may pass while the API fails).
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +30,9 @@ pub enum Gate {
 pub struct Ejection {
     max_fails: u32,
     fail_timeout: Duration,
+    probe_interval: Option<Duration>,
+    /// Probes that failed since the server was ejected.
+    probes_failed: u32,
     fails: u32,
     window_start: Option<Instant>,
     ejected_until: Option<Instant>,
@@ -33,15 +42,23 @@ pub struct Ejection {
 impl Ejection {
     /// New settings (a reload): the count, window and any ejection in
     /// force stay as they are.
-    pub fn reconfigure(&mut self, max_fails: u32, fail_timeout: Duration) {
+    pub fn reconfigure(
+        &mut self,
+        max_fails: u32,
+        fail_timeout: Duration,
+        probe_interval: Option<Duration>,
+    ) {
         self.max_fails = max_fails;
         self.fail_timeout = fail_timeout;
+        self.probe_interval = probe_interval;
     }
 
-    pub fn new(max_fails: u32, fail_timeout: Duration) -> Self {
+    pub fn new(max_fails: u32, fail_timeout: Duration, probe_interval: Option<Duration>) -> Self {
         Ejection {
             max_fails,
             fail_timeout,
+            probe_interval,
+            probes_failed: 0,
             fails: 0,
             window_start: None,
             ejected_until: None,
@@ -74,6 +91,25 @@ impl Ejection {
         self.probe_in_flight = false;
     }
 
+    /// How long an ejection lasts before its next probe.
+    fn wait(&self) -> Duration {
+        match self.probe_interval {
+            None => self.fail_timeout,
+            Some(first) => first
+                .saturating_mul(1 << self.probes_failed.min(20))
+                .min(self.fail_timeout),
+        }
+    }
+
+    /// A passing health check: an ejected server may take one probe now.
+    pub fn admit_probe(&mut self, now: Instant) {
+        if let Some(until) = self.ejected_until {
+            if now < until {
+                self.ejected_until = Some(now);
+            }
+        }
+    }
+
     /// Record a failed attempt. Returns true when this failure ejects the server.
     pub fn record_failure(&mut self, now: Instant) -> bool {
         if self.max_fails == 0 {
@@ -82,9 +118,10 @@ impl Ejection {
         if self.probe_in_flight || self.ejected_until.is_some_and(|u| now >= u) {
             // The probe (or a straggler after the ejection ended) failed: eject again.
             self.probe_in_flight = false;
+            self.probes_failed = self.probes_failed.saturating_add(1);
             self.fails = self.max_fails;
             self.window_start = Some(now);
-            self.ejected_until = Some(now + self.fail_timeout);
+            self.ejected_until = Some(now + self.wait());
             return true;
         }
         if self.ejected_until.is_some() {
@@ -101,7 +138,8 @@ impl Ejection {
             }
         }
         if self.fails >= self.max_fails {
-            self.ejected_until = Some(now + self.fail_timeout);
+            self.probes_failed = 0;
+            self.ejected_until = Some(now + self.wait());
             true
         } else {
             false
@@ -119,6 +157,7 @@ impl Ejection {
 
     /// End any ejection and forget past failures (a passing health check).
     pub fn clear(&mut self) {
+        self.probes_failed = 0;
         self.fails = 0;
         self.window_start = None;
         self.ejected_until = None;
@@ -143,7 +182,7 @@ mod tests {
     #[test]
     fn ejects_after_max_fails_within_window() {
         let t0 = Instant::now();
-        let mut e = Ejection::new(3, T);
+        let mut e = Ejection::new(3, T, None);
         assert!(!e.record_failure(t0));
         assert!(!e.record_failure(t0 + Duration::from_secs(1)));
         assert_eq!(e.gate(t0 + Duration::from_secs(2)), Gate::Open);
@@ -159,7 +198,7 @@ mod tests {
     #[test]
     fn failures_spread_over_more_than_the_window_do_not_eject() {
         let t0 = Instant::now();
-        let mut e = Ejection::new(2, T);
+        let mut e = Ejection::new(2, T, None);
         assert!(!e.record_failure(t0));
         assert!(!e.record_failure(t0 + Duration::from_secs(11)));
         assert!(!e.record_failure(t0 + Duration::from_secs(22)));
@@ -169,7 +208,7 @@ mod tests {
     #[test]
     fn after_the_ejection_exactly_one_probe() {
         let t0 = Instant::now();
-        let mut e = Ejection::new(1, T);
+        let mut e = Ejection::new(1, T, None);
         assert!(e.record_failure(t0));
         let later = t0 + T;
         assert_eq!(e.gate(later), Gate::Probe);
@@ -184,7 +223,7 @@ mod tests {
     #[test]
     fn failed_probe_ejects_again() {
         let t0 = Instant::now();
-        let mut e = Ejection::new(2, T);
+        let mut e = Ejection::new(2, T, None);
         e.record_failure(t0);
         e.record_failure(t0);
         let later = t0 + T;
@@ -201,7 +240,7 @@ mod tests {
     #[test]
     fn released_probe_frees_the_slot() {
         let t0 = Instant::now();
-        let mut e = Ejection::new(1, T);
+        let mut e = Ejection::new(1, T, None);
         e.record_failure(t0);
         assert!(e.take_probe(t0 + T));
         e.release_probe();
@@ -211,7 +250,7 @@ mod tests {
     #[test]
     fn late_success_of_an_old_request_does_not_unject() {
         let t0 = Instant::now();
-        let mut e = Ejection::new(1, T);
+        let mut e = Ejection::new(1, T, None);
         e.record_failure(t0);
         e.record_success(t0 + Duration::from_secs(1));
         assert!(matches!(
@@ -223,7 +262,7 @@ mod tests {
     #[test]
     fn max_fails_zero_never_ejects() {
         let t0 = Instant::now();
-        let mut e = Ejection::new(0, T);
+        let mut e = Ejection::new(0, T, None);
         for i in 0..100 {
             assert!(!e.record_failure(t0 + Duration::from_millis(i)));
         }
@@ -233,7 +272,7 @@ mod tests {
     #[test]
     fn success_resets_the_count() {
         let t0 = Instant::now();
-        let mut e = Ejection::new(2, T);
+        let mut e = Ejection::new(2, T, None);
         e.record_failure(t0);
         e.record_success(t0);
         assert!(!e.record_failure(t0));
@@ -241,9 +280,71 @@ mod tests {
     }
 
     #[test]
+    fn quick_probes_start_short_and_double_up_to_fail_timeout() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut e = Ejection::new(1, s(30), Some(s(2)));
+        assert!(e.record_failure(t0));
+        assert_eq!(
+            e.gate(t0 + s(1)),
+            Gate::Closed {
+                until: Some(t0 + s(2))
+            }
+        );
+        // Each failed probe doubles the wait: 4 s, 8 s, 16 s, then 30 s.
+        let mut at = t0 + s(2);
+        for wait in [4, 8, 16, 30, 30] {
+            assert!(e.take_probe(at));
+            assert!(e.record_failure(at));
+            assert_eq!(
+                e.gate(at),
+                Gate::Closed {
+                    until: Some(at + s(wait))
+                }
+            );
+            at += s(wait);
+        }
+        // A probe that passes returns it; the next ejection starts short again.
+        assert!(e.take_probe(at));
+        e.record_success(at);
+        assert_eq!(e.gate(at), Gate::Open);
+        assert!(e.record_failure(at));
+        assert_eq!(
+            e.gate(at),
+            Gate::Closed {
+                until: Some(at + s(2))
+            }
+        );
+    }
+
+    #[test]
+    fn a_passing_health_check_admits_one_probe_not_all_traffic() {
+        let t0 = Instant::now();
+        let mut e = Ejection::new(1, T, None);
+        e.record_failure(t0);
+        let now = t0 + Duration::from_secs(1);
+        e.admit_probe(now);
+        assert_eq!(e.gate(now), Gate::Probe);
+        assert!(e.take_probe(now));
+        assert_eq!(e.gate(now), Gate::Closed { until: None });
+        // The API still fails: ejected again for the whole time.
+        assert!(e.record_failure(now));
+        assert_eq!(
+            e.gate(now),
+            Gate::Closed {
+                until: Some(now + T)
+            }
+        );
+        // A server that is not ejected is not affected.
+        let mut fine = Ejection::new(1, T, None);
+        fine.admit_probe(now);
+        assert_eq!(fine.gate(now), Gate::Open);
+    }
+
+    #[test]
     fn clear_ends_an_ejection() {
         let t0 = Instant::now();
-        let mut e = Ejection::new(1, T);
+        let mut e = Ejection::new(1, T, None);
         e.record_failure(t0);
         e.clear();
         assert_eq!(e.gate(t0), Gate::Open);

@@ -45,6 +45,16 @@ impl Lease {
         self.recorded = true;
         self.server.record(outcome.is_server_failure(), now);
     }
+
+    /// Report a failure that came after a success was reported: a
+    /// response broken off after its head (a cut stream).
+    pub fn record_late(&mut self, outcome: Outcome, now: Instant) {
+        if outcome == Outcome::Local || !outcome.is_server_failure() {
+            return;
+        }
+        self.recorded = true;
+        self.server.record(true, now);
+    }
 }
 
 impl Lease {

@@ -151,7 +151,7 @@ impl Server {
             tally: Tally::default(),
             reported: Mutex::new(None),
             state: Mutex::new(ServerState {
-                ejection: Ejection::new(pool.max_fails, pool.fail_timeout),
+                ejection: Ejection::new(pool.max_fails, pool.fail_timeout, pool.probe_interval),
                 health,
                 cooldown_until: None,
             }),
@@ -205,7 +205,8 @@ impl Server {
         )));
         let (rise, fall) = pool.health.as_ref().map_or((1, 1), |h| (h.rise, h.fall));
         let mut st = self.state();
-        st.ejection.reconfigure(pool.max_fails, pool.fail_timeout);
+        st.ejection
+            .reconfigure(pool.max_fails, pool.fail_timeout, pool.probe_interval);
         st.health.reconfigure(rise, fall);
     }
 
@@ -348,8 +349,10 @@ impl Server {
         let mut st = self.state();
         let t = st.health.record(passed);
         if passed && st.ejection.ejected_until().is_some() {
-            st.ejection.clear();
-            tracing::info!(pool = %self.pool, server = %self.addr, "health check passed: passive ejection ended");
+            // `/health` may pass while the API fails: one real request
+            // decides.
+            st.ejection.admit_probe(Instant::now());
+            tracing::debug!(pool = %self.pool, server = %self.addr, "health check passed: one probe request admitted");
         }
         t
     }

@@ -23,6 +23,8 @@ fn pool_config(servers: &[(u16, u32)], max_fails: u32) -> PoolConfig {
         api_key_header: http::header::AUTHORIZATION,
         resolve_interval: Duration::from_secs(30),
         balance: Balance::LeastOutstanding,
+        continuation: Default::default(),
+        probe_interval: None,
         load_metrics: None,
         affinity_header: None,
         affinity: crate::config::AffinityConfig::default(),
@@ -141,7 +143,7 @@ fn client_errors_never_eject() {
 }
 
 #[test]
-fn health_down_takes_server_out_and_pass_ends_ejection() {
+fn health_down_takes_server_out_and_a_pass_admits_a_probe() {
     let p = pool(&[(1, 1)], 1);
     let now = Instant::now();
     assert_eq!(p.servers()[0].record_health(false), Transition::WentDown);
@@ -153,7 +155,14 @@ fn health_down_takes_server_out_and_pass_ends_ejection() {
         Availability::Ejected { .. }
     ));
     p.servers()[0].record_health(true);
-    assert_eq!(p.servers()[0].availability(now), Availability::Usable);
+    let later = Instant::now();
+    assert_eq!(p.servers()[0].availability(later), Availability::Probe);
+    // The probe request succeeds: the server is back for all.
+    let mut lease = p.acquire(later, &[]).unwrap();
+    assert!(lease.is_probe());
+    lease.record(crate::outcome::Outcome::Status(200), later);
+    drop(lease);
+    assert_eq!(p.servers()[0].availability(later), Availability::Usable);
 }
 
 #[test]

@@ -33,6 +33,8 @@ pub struct AccessLog<'a> {
     pub key: Option<String>,
     /// Completion tokens counted in the answer (for a client key).
     pub completion_tokens: Option<u64>,
+    /// Where a cut stream was resumed, in order.
+    pub resumed: Vec<(&'a str, Arc<Server>)>,
 }
 
 impl AccessLog<'_> {
@@ -53,6 +55,7 @@ impl AccessLog<'_> {
             streamed: false,
             key: None,
             completion_tokens: None,
+            resumed: Vec::new(),
         }
     }
 
@@ -85,6 +88,7 @@ impl AccessLog<'_> {
             duration_ms = duration.as_secs_f64() * 1000.0,
             error = self.error.unwrap_or(""),
             end = self.forwarded.map_or("", Forwarded::label),
+            resumed = %Resumed(&self.resumed),
         );
     }
 }
@@ -100,6 +104,21 @@ impl std::fmt::Display for Bounded<'_> {
             .nth(256)
             .map_or(self.0.len(), |(i, _)| i);
         f.write_str(&self.0[..end])
+    }
+}
+
+/// `pool/server` of each continuation, comma-separated.
+struct Resumed<'a>(&'a [(&'a str, Arc<Server>)]);
+
+impl std::fmt::Display for Resumed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (pool, s)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{pool}/{}", s.addr)?;
+        }
+        Ok(())
     }
 }
 

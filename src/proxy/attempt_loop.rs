@@ -1,9 +1,16 @@
 //! The attempt loop: pick a server, try it, and decide from what came back
-//! whether the client gets this answer or another attempt is made. Nothing
+//! whether this answer is the one or another attempt is made. Nothing
 //! reaches the client until the loop stops, so every failure before that is
 //! invisible to it. A pool that cannot serve (no usable server, queue full
 //! or timed out, retries spent on failures) hands over to the route's next
-//! fallback pool.
+//! fallback pool; a prompt too long for a model moves, once, to a fallback
+//! declared for that.
+//!
+//! Where the answer goes is not the loop's business: [`Gateway::obtain`]
+//! ends with an answer, an error or the news that whoever waited is gone,
+//! and a destination delivers it. The client's HTTP session is one
+//! ([`Gateway::attempt_loop`]); a cut stream's continuation is another
+//! (`resume`).
 
 use super::access_log::AccessLog;
 use super::attempt::{self, Answer};
@@ -13,6 +20,7 @@ use crate::config::{Priority, RouteConfig};
 use crate::error::{retry_after_secs, GatewayError};
 use crate::generation::Generation;
 use crate::metrics;
+use crate::openai::continuation;
 use crate::outcome::Outcome;
 use crate::pool::{Lease, Pool, Shed};
 use crate::retry::{self, retry_after, Next, Situation, Stop};
@@ -38,15 +46,62 @@ pub struct Request<'r> {
     pub count_usage: bool,
     /// The prompt's prefix chain, for pools that route by it.
     pub prompt: Option<&'r crate::pool::prefix::PromptChain>,
+    /// A chat stream of one choice on a route that resumes cut streams:
+    /// at most this many times.
+    pub max_resumes: Option<u32>,
+}
+
+/// What the loop asks each pool for.
+#[derive(Clone, Copy)]
+pub(super) enum Shape<'s> {
+    /// The client's request.
+    Original,
+    /// The continuation of an answer of which `text` (`tokens` tokens) has
+    /// been sent; only to pools that declare a continuation dialect.
+    Continue { text: &'s str, tokens: u64 },
+}
+
+/// Whoever waits for the answer: the loop stops when they leave.
+pub(super) trait Recipient {
+    /// Resolves when the recipient has gone away.
+    fn gone(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Recipient for ServerSession {
+    fn gone(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        // An upgrading client may already send the new protocol's bytes;
+        // they stay unread until the backend accepts the switch. Any other
+        // request has been read whole: activity means the client left.
+        let upgrading = self.is_upgrade_req();
+        async move {
+            if upgrading {
+                std::future::pending::<()>().await;
+            }
+            let _ = self.read_body_or_idle(true).await;
+            tracing::debug!("client left before the answer");
+        }
+    }
+}
+
+/// How the loop ended.
+pub(super) enum Obtained<'g> {
+    /// A backend's answer, from this pool.
+    Answer(Box<Held>, &'g Pool),
+    /// The gateway's own error for the recipient.
+    Error(GatewayError),
+    /// The recipient went away: nothing to deliver.
+    Gone,
 }
 
 /// How trying one pool ended.
-enum PoolEnd {
-    /// The client has its answer (or left): may the connection be reused?
-    Done(bool),
+enum PoolEnd<'g> {
+    /// The loop is over.
+    Done(Obtained<'g>),
     /// This pool cannot serve the request. What the client gets if no
     /// fallback can either.
     CannotServe(Verdict),
+    /// The server said the prompt is longer than its model's context.
+    TooLong(Box<Held>),
 }
 
 enum Verdict {
@@ -55,16 +110,16 @@ enum Verdict {
     Answer(Box<Held>),
 }
 
-struct Held {
-    answer: Answer,
+pub(super) struct Held {
+    pub answer: Answer,
     outcome: Outcome,
-    lease: Lease,
+    pub lease: Lease,
     sent_at: Instant,
 }
 
 impl Gateway {
-    /// Serve the request from the route's pool, then its fallbacks;
-    /// returns whether the client connection may be reused.
+    /// Serve the request from the route's pool, then its fallbacks, to the
+    /// client; returns whether the client connection may be reused.
     pub(super) async fn attempt_loop<'a>(
         &'a self,
         gen: &'a Generation,
@@ -72,23 +127,58 @@ impl Gateway {
         log: &mut AccessLog<'a>,
         req: Request<'_>,
     ) -> bool {
+        match self
+            .obtain(gen, session, log, &req, Shape::Original, &[])
+            .await
+        {
+            Obtained::Answer(held, pool) => {
+                self.deliver(gen, session, log, pool, &req, *held).await
+            }
+            Obtained::Error(err) => self.reply(session, log, &err).await,
+            Obtained::Gone => false,
+        }
+    }
+
+    /// Run the loop for `req` (as `shape` says) over the route's pool and
+    /// fallbacks until there is something for `to`. Servers in `avoid` are
+    /// tried only if nothing else can take it.
+    pub(super) async fn obtain<'a, R: Recipient>(
+        &'a self,
+        gen: &'a Generation,
+        to: &mut R,
+        log: &mut AccessLog<'a>,
+        req: &Request<'_>,
+        shape: Shape<'_>,
+        avoid: &[u64],
+    ) -> Obtained<'a> {
         let route = &gen.config.routes[req.route_idx];
-        let chain = std::iter::once((route.pool, None))
-            .chain(route.fallback.iter().map(|f| (f.pool, f.model.as_deref())));
+        let chain = |context_length: bool| {
+            std::iter::once((route.pool, None))
+                .filter(move |_| !context_length)
+                .chain(
+                    route
+                        .fallback
+                        .iter()
+                        .filter(move |f| match context_length {
+                            true => f.on.context_length,
+                            false => f.on.unavailable,
+                        })
+                        .map(|f| (f.pool, f.model.as_deref())),
+                )
+                .collect::<Vec<_>>()
+        };
+        let mut steps = chain(false);
+        // A prompt too long for the model moves once, to the fallbacks
+        // declared for it; their answer (or failure) is the last word.
+        let may_move = matches!(shape, Shape::Original) && !chain(true).is_empty();
+        let mut too_long: Option<(Box<Held>, &Pool)> = None;
         let mut verdict = None;
-        for (pool_idx, model) in chain {
+        let mut k = 0;
+        while let Some(&(pool_idx, model)) = steps.get(k) {
+            k += 1;
             let pool = &gen.pools[pool_idx];
-            // Built per pool: its own Host and credential, never another's.
-            let head = headers::for_pool(req.head, &pool.upstream_headers);
-            let (head, body) = match model {
-                None => (head, Cow::Borrowed(req.body)),
-                Some(model) => match fallback::rewrite_model(&head, req.body, model) {
-                    Some((head, body)) => (Cow::Owned(head), Cow::Owned(body)),
-                    None => {
-                        tracing::debug!(route = %route.name, pool = %pool.name, "body has no JSON model to rewrite; fallback skipped");
-                        continue;
-                    }
-                },
+            let Some((head, body)) = shaped(route, pool, req, model, shape) else {
+                continue;
             };
             if verdict.is_some() {
                 tracing::debug!(route = %route.name, pool = %pool.name, "falling back");
@@ -96,54 +186,75 @@ impl Gateway {
             log.pool = Some(&pool.name);
             // Whatever the previous pool left is superseded.
             drop(verdict.take());
+            let context_check = may_move && too_long.is_none();
             match self
-                .serve_from(gen, session, log, route, pool, &req, &head, &body)
+                .serve_from(
+                    gen,
+                    to,
+                    log,
+                    route,
+                    pool,
+                    req,
+                    (&head, &body),
+                    avoid,
+                    context_check,
+                )
                 .await
             {
-                PoolEnd::Done(reuse) => return reuse,
+                PoolEnd::Done(obtained) => return obtained,
                 PoolEnd::CannotServe(v) => verdict = Some((v, pool)),
+                PoolEnd::TooLong(held) => {
+                    tracing::debug!(route = %route.name, pool = %pool.name, "prompt too long for the model; moving to a longer context");
+                    metrics::context_fallback(&route.name);
+                    too_long = Some((held, pool));
+                    steps = chain(true);
+                    k = 0;
+                }
             }
         }
+        if let Some((held, pool)) = too_long {
+            // No model with a longer context could take it: the client
+            // hears what the first server said.
+            log.pool = Some(&pool.name);
+            return Obtained::Answer(held, pool);
+        }
         match verdict {
-            Some((Verdict::Error(err), _)) => self.reply(session, log, &err).await,
-            Some((Verdict::Answer(held), pool)) => {
-                self.deliver(session, log, route, pool, &req, *held).await
-            }
+            Some((Verdict::Error(err), _)) => Obtained::Error(err),
+            Some((Verdict::Answer(held), pool)) => Obtained::Answer(held, pool),
             // Only reachable when no pool could even be tried.
-            None => {
-                let err = GatewayError::no_capacity(
-                    &gen.pools[route.pool].name,
-                    std::time::Duration::from_secs(1),
-                );
-                self.reply(session, log, &err).await
-            }
+            None => Obtained::Error(GatewayError::no_capacity(
+                &gen.pools[route.pool].name,
+                std::time::Duration::from_secs(1),
+            )),
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn serve_from<'a>(
+    async fn serve_from<'a, R: Recipient>(
         &'a self,
         gen: &Generation,
-        session: &mut ServerSession,
+        to: &mut R,
         log: &mut AccessLog<'a>,
         route: &RouteConfig,
         pool: &'a Pool,
         req: &Request<'_>,
-        head: &RequestHeader,
-        body: &Bytes,
-    ) -> PoolEnd {
-        let mut tried: Vec<u64> = Vec::new();
+        (head, body): (&RequestHeader, &Bytes),
+        avoid: &[u64],
+        context_check: bool,
+    ) -> PoolEnd<'a> {
+        let mut tried: Vec<u64> = avoid.to_vec();
         let mut waits = 0u32;
+        // Failed probes of ejected servers: retried at no cost to the client.
+        let mut free = 0u32;
         let mut last: Option<Outcome> = None;
         // A retry that goes "at once" goes to a server not tried yet, even
         // if that means queueing for it.
-        let mut untried_only = false;
+        let mut untried_only = !avoid.is_empty();
         loop {
             let now = Instant::now();
             let remaining = req.deadline.saturating_duration_since(now);
             if remaining.is_zero() {
-                let err = GatewayError::deadline(&route.name);
-                return PoolEnd::Done(self.reply(session, log, &err).await);
+                return PoolEnd::Done(Obtained::Error(GatewayError::deadline(&route.name)));
             }
             // Requests already waiting go first: join the queue behind them.
             let acquired = if pool.admission.has_waiters() {
@@ -161,8 +272,8 @@ impl Gateway {
                     // the free slot of the server that just failed it.
                     let feed = !untried_only;
                     let queued = self.queue_for(pool, req.priority, limit, feed);
-                    match unless_client_leaves(session, queued).await {
-                        None => return PoolEnd::Done(false),
+                    match unless_gone(to, queued).await {
+                        None => return PoolEnd::Done(Obtained::Gone),
                         Some(Ok(lease)) => lease,
                         Some(Err(shed)) => {
                             pool.admission.shed(shed);
@@ -176,11 +287,8 @@ impl Gateway {
                     // Servers that only asked for a pause come back by
                     // themselves: wait for them if the deadline allows.
                     if let Some(cooled) = pool.until_cooled(now).filter(|d| *d < remaining) {
-                        if unless_client_leaves(session, tokio::time::sleep(cooled))
-                            .await
-                            .is_none()
-                        {
-                            return PoolEnd::Done(false);
+                        if unless_gone(to, tokio::time::sleep(cooled)).await.is_none() {
+                            return PoolEnd::Done(Obtained::Gone);
                         }
                         continue;
                     }
@@ -206,8 +314,8 @@ impl Gateway {
             let attempt = attempt::run(&self.connector, &server, head, body, &limits);
             // A client that leaves cancels the attempt: its connection is
             // closed (the backend can stop) and the lease released.
-            let Some(result) = unless_client_leaves(session, attempt).await else {
-                return PoolEnd::Done(false);
+            let Some(mut result) = unless_gone(to, attempt).await else {
+                return PoolEnd::Done(Obtained::Gone);
             };
             let now = Instant::now();
             let outcome = match &result {
@@ -230,16 +338,40 @@ impl Gateway {
             }
             tried.push(lease.id());
             last = Some(outcome);
+            let long = match &mut result {
+                Ok(answer) if context_check && outcome == Outcome::Status(400) => {
+                    too_long(answer, route.timeouts.first_byte.min(remaining)).await
+                }
+                _ => false,
+            };
+            let result = match (long, result) {
+                (true, Ok(answer)) => {
+                    return PoolEnd::TooLong(Box::new(Held {
+                        answer,
+                        outcome,
+                        lease,
+                        sent_at,
+                    }))
+                }
+                (_, result) => result,
+            };
 
+            let probe_failed = lease.is_probe() && outcome.is_server_failure();
             let situation = Situation {
-                attempts: log.attempts,
+                attempts: log.attempts.saturating_sub(free).max(1),
                 waits,
                 untried_ready: pool.has_untried_usable(now, &tried),
                 until_ready: pool.until_ready(now),
                 remaining: req.deadline.saturating_duration_since(now),
             };
+            let untried_ready = situation.untried_ready;
             let mut next = retry::decide(&route.retry, outcome, situation, &mut rand::thread_rng());
-            if matches!(next, Next::Now | Next::After(_))
+            if probe_failed && untried_ready && now < req.deadline {
+                // A probe of a server on its way back failed: the client
+                // pays only its latency, whatever `retry.on` says.
+                free += 1;
+                next = Next::Now;
+            } else if matches!(next, Next::Now | Next::After(_))
                 && !gen.budget(req.route_idx).try_retry(now)
             {
                 metrics::retry(&route.name, "budget_exhausted");
@@ -259,11 +391,8 @@ impl Gateway {
                     drop(result);
                     drop(lease);
                     untried_only = false;
-                    if unless_client_leaves(session, tokio::time::sleep(wait))
-                        .await
-                        .is_none()
-                    {
-                        return PoolEnd::Done(false);
+                    if unless_gone(to, tokio::time::sleep(wait)).await.is_none() {
+                        return PoolEnd::Done(Obtained::Gone);
                     }
                     waits += 1;
                     continue;
@@ -279,8 +408,7 @@ impl Gateway {
             let held = match result {
                 Ok(answer) if out_of_time && !retry::is_busy(outcome) => {
                     drop(answer);
-                    let err = GatewayError::deadline(&route.name);
-                    return PoolEnd::Done(self.reply(session, log, &err).await);
+                    return PoolEnd::Done(Obtained::Error(GatewayError::deadline(&route.name)));
                 }
                 Ok(answer) => Held {
                     answer,
@@ -289,8 +417,7 @@ impl Gateway {
                     sent_at,
                 },
                 Err(_) if out_of_time => {
-                    let err = GatewayError::deadline(&route.name);
-                    return PoolEnd::Done(self.reply(session, log, &err).await);
+                    return PoolEnd::Done(Obtained::Error(GatewayError::deadline(&route.name)));
                 }
                 Err(o) => {
                     return PoolEnd::CannotServe(Verdict::Error(failure_error(&pool.name, o)));
@@ -299,7 +426,7 @@ impl Gateway {
             if gave_up && !out_of_time {
                 return PoolEnd::CannotServe(Verdict::Answer(Box::new(held)));
             }
-            return PoolEnd::Done(self.deliver(session, log, route, pool, req, held).await);
+            return PoolEnd::Done(Obtained::Answer(Box::new(held), pool));
         }
     }
 
@@ -327,13 +454,14 @@ impl Gateway {
     /// Send a backend's answer to the client.
     async fn deliver<'a>(
         &'a self,
+        gen: &'a Generation,
         session: &mut ServerSession,
         log: &mut AccessLog<'a>,
-        route: &RouteConfig,
-        pool: &Pool,
+        pool: &'a Pool,
         req: &Request<'_>,
         held: Held,
     ) -> bool {
+        let route = &gen.config.routes[req.route_idx];
         let Held {
             answer,
             outcome,
@@ -361,52 +489,128 @@ impl Gateway {
         for (name, value) in req.response_headers {
             let _ = answer.head.insert_header(*name, value.as_str());
         }
-        log.streamed = answer.head.status == 101 || respond::is_event_stream(&answer.head);
+        let sse = respond::is_event_stream(&answer.head);
+        log.streamed = answer.head.status == 101 || sse;
         let end = if answer.head.status == 101 {
             upgrade::splice(session, answer, &route.timeouts).await
         } else {
+            let resumable = sse && answer.head.status.is_success() && req.max_resumes.is_some();
             let how = respond::Forwarding {
                 stream_idle: route.timeouts.stream_idle,
                 client_write: route.timeouts.client_write,
-                require_done: route.openai,
+                read_events: route.openai,
+                hold_errors: resumable,
                 cut: self.drain.cut(),
             };
-            let (end, tokens) = respond::forward(
-                session,
-                answer,
-                &self.connector,
-                &server.peer(),
-                &how,
-                req.count_usage,
-            )
-            .await;
+            let (end, tokens) = if resumable {
+                self.forward_resuming(gen, session, log, pool, req, answer, lease, &how)
+                    .await
+            } else {
+                let forwarded = respond::forward(
+                    session,
+                    answer,
+                    &self.connector,
+                    &server.peer(),
+                    &how,
+                    req.count_usage,
+                )
+                .await;
+                record_cut(lease, forwarded.0);
+                forwarded
+            };
             log.completion_tokens = tokens;
             end
         };
         log.forwarded = Some(end);
-        drop(lease);
         end == Forwarded::Complete
     }
 }
 
-/// Run `work` unless the client closes its connection first (`None`). The
-/// request body has been read whole, so any activity on the client side
-/// before we answer means it went away.
-async fn unless_client_leaves<F: std::future::Future>(
-    session: &mut ServerSession,
+/// A backend that broke off a response it had begun is failing: count it
+/// towards its ejection (its head was counted as a success).
+pub(super) fn record_cut(mut lease: Lease, end: Forwarded) {
+    let outcome = match end {
+        Forwarded::UpstreamStalled => Outcome::Timeout,
+        Forwarded::UpstreamBroken | Forwarded::MissingDone => Outcome::Reset,
+        _ => return,
+    };
+    lease.record_late(outcome, Instant::now());
+}
+
+/// The request as `pool` gets it: its own headers, its model (a
+/// fallback's), and for a continuation its dialect's form. `None`: this
+/// pool cannot take it.
+fn shaped<'b>(
+    route: &RouteConfig,
+    pool: &Pool,
+    req: &'b Request<'_>,
+    model: Option<&str>,
+    shape: Shape<'_>,
+) -> Option<(Cow<'b, RequestHeader>, Cow<'b, Bytes>)> {
+    // Built per pool: its own Host and credential, never another's.
+    let head = headers::for_pool(req.head, &pool.upstream_headers);
+    let (head, body) = match model {
+        None => (head, Cow::Borrowed(req.body)),
+        Some(model) => match fallback::rewrite_model(&head, req.body, model) {
+            Some((head, body)) => (Cow::Owned(head), Cow::Owned(body)),
+            None => {
+                tracing::debug!(route = %route.name, pool = %pool.name, "body has no JSON model to rewrite; fallback skipped");
+                return None;
+            }
+        },
+    };
+    let Shape::Continue { text, tokens } = shape else {
+        return Some((head, body));
+    };
+    let dialect = pool.config().continuation;
+    let (path, body) = continuation::request(
+        dialect,
+        head.uri.path_and_query().map_or("/", |p| p.as_str()),
+        &body,
+        text,
+        tokens,
+    )?;
+    let mut head = head.into_owned();
+    let uri = path.parse::<http::Uri>().ok()?;
+    head.set_uri(uri);
+    head.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())
+        .ok()?;
+    Some((Cow::Owned(head), Cow::Owned(Bytes::from(body))))
+}
+
+/// Read the rest of a 400 answer (up to 64 KiB, within `limit`) into its
+/// first chunk, and say whether it is a context-length refusal.
+async fn too_long(answer: &mut Answer, limit: std::time::Duration) -> bool {
+    const MAX: usize = 64 * 1024;
+    let mut body = answer.first.take().map(|b| b.to_vec()).unwrap_or_default();
+    let read = async {
+        while !answer.done && body.len() <= MAX {
+            match answer.session.read_response_body().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => answer.done = true,
+                Err(_) => return false,
+            }
+        }
+        true
+    };
+    let whole = matches!(
+        pingora_timeout::fast_timeout::fast_timeout(limit, read).await,
+        Ok(true)
+    );
+    answer.done |= answer.session.response_done();
+    let verdict = whole && crate::openai::context::exceeded(&body);
+    answer.first = (!body.is_empty()).then(|| Bytes::from(body));
+    verdict
+}
+
+/// Run `work` unless the recipient goes away first (`None`).
+async fn unless_gone<R: Recipient, F: std::future::Future>(
+    to: &mut R,
     work: F,
 ) -> Option<F::Output> {
-    if session.is_upgrade_req() {
-        // An upgrading client may already send the new protocol's bytes;
-        // they stay unread until the backend accepts the switch.
-        return Some(work.await);
-    }
     tokio::select! {
         out = work => Some(out),
-        _ = session.read_body_or_idle(true) => {
-            tracing::debug!("client left before the answer");
-            None
-        }
+        _ = to.gone() => None,
     }
 }
 

@@ -127,6 +127,7 @@ impl Compressor {
         Compressor(Some(encoder))
     }
 
+    #[cfg(test)]
     pub fn is_active(&self) -> bool {
         self.0.is_some()
     }

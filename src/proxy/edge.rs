@@ -18,6 +18,9 @@ pub struct Prepared {
     pub body: Bytes,
     /// The client's Content-Encoding was undone: do not forward it.
     pub decoded: bool,
+    /// A validated chat-completions stream of one choice: a cut one can be
+    /// continued.
+    pub resumable: bool,
 }
 
 pub fn prepare(
@@ -40,16 +43,17 @@ pub fn prepare(
     })?;
     let route = &config.routes[route_idx];
 
-    let body = match (route.openai, Endpoint::from_path(path)) {
+    let (body, resumable) = match (route.openai, Endpoint::from_path(path)) {
         (true, Some(endpoint)) if req.method == http::Method::POST => {
             inspect(route, endpoint, body)?
         }
-        _ => body,
+        _ => (body, false),
     };
     Ok(Prepared {
         route_idx,
         body,
         decoded,
+        resumable,
     })
 }
 
@@ -88,19 +92,27 @@ fn body_error(e: body::BodyError) -> GatewayError {
     GatewayError::body(e.status(), e.code(), e.to_string())
 }
 
-/// Validate an OpenAI request and apply the route's normalisation rules.
-fn inspect(route: &RouteConfig, endpoint: Endpoint, body: Bytes) -> Result<Bytes, GatewayError> {
+/// Validate an OpenAI request and apply the route's normalisation rules;
+/// also says whether it is a chat stream of one choice.
+fn inspect(
+    route: &RouteConfig,
+    endpoint: Endpoint,
+    body: Bytes,
+) -> Result<(Bytes, bool), GatewayError> {
     let rules = Normalise {
         max_tokens_limit: route.max_tokens_limit,
         include_usage: route.stream_include_usage,
     };
     let inspected = openai::inspect(endpoint, &body, &rules)
         .map_err(|e| GatewayError::invalid_request(e.message, e.param))?;
+    let resumable = inspected.endpoint == Endpoint::ChatCompletions
+        && inspected.stream
+        && inspected.choices == 1;
     match inspected.rewritten {
         Some(new) => {
             tracing::debug!(route = %route.name, applied = ?inspected.applied, "request normalised");
-            Ok(Bytes::from(new))
+            Ok((Bytes::from(new), resumable))
         }
-        None => Ok(body),
+        None => Ok((body, resumable)),
     }
 }

@@ -15,6 +15,7 @@ mod head;
 mod headers;
 mod request;
 pub(crate) mod respond;
+mod resume;
 mod rewound;
 mod upgrade;
 mod usage;
@@ -257,6 +258,10 @@ impl Gateway {
             response_headers: &response_headers,
             count_usage: caller.is_some(),
             prompt: prompt.as_ref(),
+            max_resumes: route
+                .resume
+                .filter(|_| prepared.resumable)
+                .map(|r| r.max_resumes),
         };
         let reuse = self.attempt_loop(gen, session, log, request).await;
         if let (Some(c), Some(tokens)) = (&caller, log.completion_tokens) {

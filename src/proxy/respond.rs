@@ -10,6 +10,7 @@ use super::headers;
 use super::usage::UsageTap;
 use crate::error::GatewayError;
 use crate::metrics;
+use crate::openai::stream::{Events, Meaning, Piece, StreamState};
 use crate::redact::Redacted;
 use bytes::Bytes;
 use pingora_core::connectors::http::Connector;
@@ -95,8 +96,8 @@ pub enum Forwarded {
     UpstreamBroken,
     /// The backend went silent for `stream_idle` mid-body; aborted likewise.
     UpstreamStalled,
-    /// An OpenAI event stream ended without `data: [DONE]`: a truncated
-    /// answer, aborted likewise.
+    /// An OpenAI event stream ended without `data: [DONE]` and without a
+    /// `finish_reason`: a truncated answer, aborted likewise.
     MissingDone,
     /// The client stopped reading for `client_write`: the response was
     /// abandoned and the backend connection closed, freeing its slot.
@@ -167,8 +168,13 @@ pub struct Forwarding {
     pub stream_idle: Duration,
     /// Longest a write to the client may make no progress.
     pub client_write: Duration,
-    /// An event stream must end with `data: [DONE]` (OpenAI routes).
-    pub require_done: bool,
+    /// Read an event stream's events (OpenAI routes): it is complete with
+    /// `data: [DONE]`, or when every choice has its `finish_reason` (then
+    /// the missing `[DONE]` is added).
+    pub read_events: bool,
+    /// An error event from the backend ends the stream as broken instead
+    /// of being passed on (it is about to be resumed).
+    pub hold_errors: bool,
     /// Turns true when a shutdown's grace period is over.
     pub cut: tokio::sync::watch::Receiver<bool>,
 }
@@ -190,130 +196,249 @@ pub async fn forward(
         done,
         ..
     } = answer;
-    let sse = is_event_stream(&head);
-    let mut head = headers::downstream_response(&head);
-    if sse {
-        // Tell buffering proxies in front of us to pass tokens on at once.
-        let _ = head.insert_header("x-accel-buffering", "no");
-    }
-    let accept_encoding = session
-        .req_header()
-        .headers
-        .get(http::header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    // A HEAD answer has no body to compress; its head stays the backend's.
-    let no_body = session.req_header().method == http::Method::HEAD;
-    // An encoded upstream body cannot be read for its usage.
-    let encoded = head.headers.contains_key(http::header::CONTENT_ENCODING);
-    let mut body = Body {
-        compressor: Compressor::for_response(accept_encoding.as_deref(), &mut head, sse || no_body),
-        done_watch: (sse && how.require_done).then(DoneWatch::default),
-        flushed: false,
-        usage: (count_usage && !encoded).then(UsageTap::default),
+    let mut out = match Forwarder::begin(session, &head, how, count_usage).await {
+        Ok(out) => out,
+        Err(end) => {
+            release(connector, upstream, peer, end).await;
+            return (end, None);
+        }
     };
-    let started = Instant::now();
-    let _active = sse.then(|| metrics::ActiveStream::new("sse"));
+    let end = out.pump(session, &mut upstream, first, done).await;
+    release(connector, upstream, peer, end).await;
+    out.end(session, end).await
+}
 
-    let end = pump(session, &mut upstream, head, first, done, how, &mut body).await;
-    let tokens = body.usage.as_ref().map(UsageTap::tokens);
-    if sse {
-        metrics::stream_done("sse", started.elapsed().as_secs_f64());
+/// Return a backend connection after its response: pooled when the
+/// response was whole, else closed so the backend can stop.
+pub async fn release(
+    connector: &Connector,
+    mut upstream: HttpSession,
+    peer: &HttpPeer,
+    end: Forwarded,
+) {
+    if end == Forwarded::Complete {
+        if let HttpSession::H1(h1) = &mut upstream {
+            // Keep the connection pooled unless the backend asked to close it.
+            h1.respect_keepalive();
+        }
+        connector
+            .release_http_session(upstream, peer, Some(UPSTREAM_IDLE))
+            .await;
+    } else {
+        upstream.shutdown().await;
     }
-    match end {
-        Forwarded::Complete => {
-            if let HttpSession::H1(h1) = &mut upstream {
-                // Keep the connection pooled unless the backend asked to close it.
-                h1.respect_keepalive();
-            }
-            connector
-                .release_http_session(upstream, peer, Some(UPSTREAM_IDLE))
-                .await;
+}
+
+/// One response on its way to the client, whose body may come from more
+/// than one backend in turn (a resumed stream).
+pub struct Forwarder<'h> {
+    how: &'h Forwarding,
+    body: Body,
+    sse: bool,
+    started: Instant,
+    _active: Option<metrics::ActiveStream>,
+}
+
+impl<'h> Forwarder<'h> {
+    /// Write the response head (the backend's `head`, made fit for the
+    /// client).
+    pub async fn begin(
+        session: &mut ServerSession,
+        head: &ResponseHeader,
+        how: &'h Forwarding,
+        count_usage: bool,
+    ) -> Result<Self, Forwarded> {
+        let sse = is_event_stream(head);
+        let mut head = headers::downstream_response(head);
+        if sse {
+            // Tell buffering proxies in front of us to pass tokens on at once.
+            let _ = head.insert_header("x-accel-buffering", "no");
         }
-        Forwarded::ClientGone => {
-            // Close the backend connection so the backend can stop generating.
-            upstream.shutdown().await;
-            metrics::stream_abort(end.label());
+        let accept_encoding = session
+            .req_header()
+            .headers
+            .get(http::header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        // A HEAD answer has no body to compress; its head stays the backend's.
+        let no_body = session.req_header().method == http::Method::HEAD;
+        // An encoded upstream body cannot be read.
+        let encoded = head.headers.contains_key(http::header::CONTENT_ENCODING);
+        let body = Body {
+            compressor: Compressor::for_response(
+                accept_encoding.as_deref(),
+                &mut head,
+                sse || no_body,
+            ),
+            reader: (sse && how.read_events && !encoded).then(|| Reader {
+                events: Events::default(),
+                state: StreamState::default(),
+                continuing: false,
+                hold_errors: how.hold_errors,
+            }),
+            flushed: false,
+            usage: (count_usage && !encoded).then(UsageTap::default),
+        };
+        match fast_timeout(
+            how.client_write,
+            session.write_response_header(Box::new(head)),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Forwarded::ClientGone),
+            Err(_) => return Err(Forwarded::ClientStalled),
         }
-        Forwarded::ClientStalled => {
-            upstream.shutdown().await;
-            metrics::stream_abort(end.label());
-            tracing::debug!("client stopped reading; response abandoned");
-            // Nothing more is written (it would block too): the connection
-            // is dropped as it is.
-            session.set_keepalive(None);
-        }
-        Forwarded::UpstreamBroken
-        | Forwarded::UpstreamStalled
-        | Forwarded::MissingDone
-        | Forwarded::Shutdown => {
-            upstream.shutdown().await;
-            metrics::stream_abort(end.label());
-            if sse {
-                let _ = write(session, interrupted_event(end), false, how.client_write).await;
-            }
-            // Abort: no terminating chunk (h1) / a stream reset (h2), so no
-            // client mistakes the truncated body for a whole one.
-            session.set_keepalive(None);
-            let _ = fast_timeout(how.client_write, session.shutdown()).await;
+        Ok(Forwarder {
+            how,
+            body,
+            sse,
+            started: Instant::now(),
+            _active: sse.then(|| metrics::ActiveStream::new("sse")),
+        })
+    }
+
+    /// What the client has been sent of an OpenAI event stream.
+    pub fn stream(&self) -> Option<&StreamState> {
+        self.body.reader.as_ref().map(|r| &r.state)
+    }
+
+    /// The body that follows comes from a backend continuing the answer
+    /// the last one was cut off in.
+    pub fn continue_stream(&mut self) {
+        if let Some(r) = &mut self.body.reader {
+            r.events.clear();
+            r.state.begin_continuation();
+            r.continuing = true;
         }
     }
-    (end, tokens)
+
+    /// Copy one backend's body to the client until it ends one way or
+    /// another; `Complete` when it ended cleanly and whole.
+    pub async fn pump(
+        &mut self,
+        session: &mut ServerSession,
+        upstream: &mut HttpSession,
+        first: Option<Bytes>,
+        done: bool,
+    ) -> Forwarded {
+        pump(session, upstream, first, done, self.how, &mut self.body).await
+    }
+
+    /// End the response as `end` says: finished, or (after a failure)
+    /// aborted, an event stream with an error event first. Returns how it
+    /// ended and the completion tokens counted.
+    pub async fn end(
+        self,
+        session: &mut ServerSession,
+        end: Forwarded,
+    ) -> (Forwarded, Option<u64>) {
+        let how = self.how;
+        let tokens = self.body.usage.as_ref().map(UsageTap::tokens);
+        if self.sse {
+            metrics::stream_done("sse", self.started.elapsed().as_secs_f64());
+        }
+        match end {
+            Forwarded::Complete => {}
+            Forwarded::ClientGone => metrics::stream_abort(end.label()),
+            Forwarded::ClientStalled => {
+                metrics::stream_abort(end.label());
+                tracing::debug!("client stopped reading; response abandoned");
+                // Nothing more is written (it would block too): the connection
+                // is dropped as it is.
+                session.set_keepalive(None);
+            }
+            Forwarded::UpstreamBroken
+            | Forwarded::UpstreamStalled
+            | Forwarded::MissingDone
+            | Forwarded::Shutdown => {
+                metrics::stream_abort(end.label());
+                if self.sse {
+                    let _ = write(session, interrupted_event(end), false, how.client_write).await;
+                }
+                // Abort: no terminating chunk (h1) / a stream reset (h2), so no
+                // client mistakes the truncated body for a whole one.
+                session.set_keepalive(None);
+                let _ = fast_timeout(how.client_write, session.shutdown()).await;
+            }
+        }
+        (end, tokens)
+    }
 }
 
 /// What happens to body bytes on their way to the client.
 struct Body {
     compressor: Compressor,
-    done_watch: Option<DoneWatch>,
+    reader: Option<Reader>,
     /// The compressor has been told the body ended.
     flushed: bool,
     usage: Option<UsageTap>,
 }
 
-impl Body {
-    fn pass(&mut self, chunk: Bytes, end: bool) -> Bytes {
-        if let Some(w) = &mut self.done_watch {
-            w.feed(&chunk);
+/// Reads an OpenAI event stream event by event: whole events only reach
+/// the client (a cut never leaves half of one), and a continuation's are
+/// rewritten to carry on the original stream.
+struct Reader {
+    events: Events,
+    state: StreamState,
+    continuing: bool,
+    hold_errors: bool,
+}
+
+impl Reader {
+    /// The bytes of the whole events in `chunk` (and, at `end`, of what is
+    /// left) for the client, and whether the backend reported an error.
+    fn read(&mut self, chunk: &[u8], end: bool) -> (Bytes, bool) {
+        let mut pieces = Vec::new();
+        self.events.push(chunk, &mut pieces);
+        if end {
+            if let Some(rest) = self.events.rest() {
+                pieces.push(Piece::Event(rest));
+            }
         }
+        let mut out = Vec::new();
+        for piece in pieces {
+            let event = match piece {
+                Piece::Raw(raw) => {
+                    self.state.unreadable();
+                    out.extend_from_slice(&raw);
+                    continue;
+                }
+                Piece::Event(e) => e,
+            };
+            let (meaning, bytes) = if self.continuing {
+                self.state.continued(&event)
+            } else {
+                (self.state.read(&event), None)
+            };
+            match meaning {
+                Meaning::Error if self.hold_errors => return (Bytes::from(out), true),
+                Meaning::Drop => {}
+                _ => out.extend_from_slice(bytes.as_deref().unwrap_or(&event)),
+            }
+        }
+        (Bytes::from(out), false)
+    }
+}
+
+impl Body {
+    /// The bytes for the client; `Err` with the bytes still to write when
+    /// the backend reported an error in the stream.
+    fn pass(&mut self, chunk: Bytes, end: bool) -> Result<Bytes, Bytes> {
+        let (chunk, failed) = match &mut self.reader {
+            None => (chunk, false),
+            Some(r) => r.read(&chunk, end),
+        };
         if let Some(u) = &mut self.usage {
             u.feed(&chunk);
         }
+        let end = end && !failed;
         self.flushed |= end;
-        self.compressor.chunk(chunk, end)
-    }
-
-    fn complete(&self) -> bool {
-        self.done_watch.as_ref().is_none_or(DoneWatch::seen)
-    }
-}
-
-/// Watches an event stream for its `data: [DONE]` terminator, which may
-/// arrive split across chunks.
-#[derive(Default)]
-pub struct DoneWatch {
-    tail: Vec<u8>,
-    seen: bool,
-}
-
-const DONE: &[u8] = b"data: [DONE]";
-
-impl DoneWatch {
-    pub fn feed(&mut self, chunk: &[u8]) {
-        if self.seen || chunk.is_empty() {
-            return;
+        let out = self.compressor.chunk(chunk, end);
+        match failed {
+            false => Ok(out),
+            true => Err(out),
         }
-        self.tail.extend_from_slice(chunk);
-        if self.tail.windows(DONE.len()).any(|w| w == DONE) {
-            self.seen = true;
-        }
-        let keep = DONE.len() - 1;
-        if self.tail.len() > keep {
-            self.tail.drain(..self.tail.len() - keep);
-        }
-    }
-
-    pub fn seen(&self) -> bool {
-        self.seen
     }
 }
 
@@ -349,7 +474,6 @@ async fn write(session: &mut ServerSession, bytes: Bytes, end: bool, limit: Dura
     }
 }
 
-/// Copy the response to the client until it ends one way or another.
 /// Resolves when a shutdown's grace period is over (never, if the
 /// gateway is not shutting down).
 async fn cut_off(mut cut: tokio::sync::watch::Receiver<bool>) {
@@ -359,25 +483,26 @@ async fn cut_off(mut cut: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// Copy one backend's body to the client until it ends one way or another.
 async fn pump(
     session: &mut ServerSession,
     upstream: &mut HttpSession,
-    head: ResponseHeader,
     first: Option<Bytes>,
     done: bool,
     how: &Forwarding,
     body: &mut Body,
 ) -> Forwarded {
     let limit = how.client_write;
-    match fast_timeout(limit, session.write_response_header(Box::new(head))).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => return Forwarded::ClientGone,
-        Err(_) => return Forwarded::ClientStalled,
-    }
     if let Some(chunk) = first {
-        let out = body.pass(chunk, done);
+        let (out, failed) = match body.pass(chunk, done) {
+            Ok(out) => (out, false),
+            Err(out) => (out, true),
+        };
         if let Some(end) = write(session, out, false, limit).await.failed() {
             return end;
+        }
+        if failed {
+            return Forwarded::UpstreamBroken;
         }
     }
     let mut finished = done;
@@ -388,9 +513,16 @@ async fn pump(
             _ = &mut shutdown => return Forwarded::Shutdown,
             read = fast_timeout(how.stream_idle, upstream.read_response_body()) => match read {
                 Ok(Ok(Some(chunk))) => {
-                    let out = body.pass(chunk, false);
+                    let (out, failed) = match body.pass(chunk, false) {
+                        Ok(out) => (out, false),
+                        Err(out) => (out, true),
+                    };
                     if let Some(end) = write(session, out, false, limit).await.failed() {
                         return end;
+                    }
+                    if failed {
+                        tracing::debug!("upstream reported an error mid-stream");
+                        return Forwarded::UpstreamBroken;
                     }
                 }
                 Ok(Ok(None)) => finished = true,
@@ -405,14 +537,34 @@ async fn pump(
             _ = session.read_body_or_idle(true) => return Forwarded::ClientGone,
         }
     }
-    if !body.complete() {
-        return Forwarded::MissingDone;
-    }
-    if body.compressor.is_active() && !body.flushed {
-        // The compressed stream's own ending (e.g. the gzip trailer).
-        let tail = body.pass(Bytes::new(), true);
+    if !body.flushed {
+        // What the reader held back, and the compressed stream's own
+        // ending (e.g. the gzip trailer).
+        let (tail, failed) = match body.pass(Bytes::new(), true) {
+            Ok(out) => (out, false),
+            Err(out) => (out, true),
+        };
         if let Some(end) = write(session, tail, false, limit).await.failed() {
             return end;
+        }
+        if failed {
+            return Forwarded::UpstreamBroken;
+        }
+    }
+    if let Some(state) = body.reader.as_ref().map(|r| &r.state) {
+        if !state.done() {
+            if !state.finished() {
+                return Forwarded::MissingDone;
+            }
+            // Every choice has its finish_reason: the answer is whole; the
+            // clients that wait for `[DONE]` get it.
+            tracing::debug!("event stream ended whole without [DONE]; adding it");
+            if let Some(end) = write(session, Bytes::from_static(DONE_EVENT), false, limit)
+                .await
+                .failed()
+            {
+                return end;
+            }
         }
     }
     match fast_timeout(limit, session.finish_body()).await {
@@ -422,26 +574,4 @@ async fn pump(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::DoneWatch;
-
-    #[test]
-    fn done_is_found_across_chunk_boundaries() {
-        let mut w = DoneWatch::default();
-        w.feed(b"data: {\"x\":1}\n\ndata: [DO");
-        assert!(!w.seen());
-        w.feed(b"NE]\n\n");
-        assert!(w.seen());
-
-        let mut w = DoneWatch::default();
-        for b in b"data: {}\n\ndata: [DONE]\n\n" {
-            w.feed(&[*b]);
-        }
-        assert!(w.seen());
-
-        let mut w = DoneWatch::default();
-        w.feed(b"data: {\"content\":\"[DONE\"}\n\n");
-        assert!(!w.seen());
-    }
-}
+const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";

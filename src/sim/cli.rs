@@ -58,6 +58,14 @@ pub struct SimArgs {
     /// recently used out; 0: no cache.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub kv_cache_blocks: usize,
+    /// Refuse to continue a partial assistant message (vLLM's
+    /// `continue_final_message`, DeepSeek's `prefix`) with a 400.
+    #[arg(long)]
+    pub no_continuation: bool,
+    /// Refuse prompts of more than N words with vLLM's context-length 400
+    /// (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_context: u64,
 }
 
 impl SimArgs {
@@ -94,6 +102,8 @@ impl SimArgs {
             http2: self.http2,
             prefill_per_token: self.prefill_per_token,
             kv_cache_blocks: self.kv_cache_blocks,
+            no_continuation: self.no_continuation,
+            max_context: self.max_context,
         }
     }
 }

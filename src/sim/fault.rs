@@ -34,6 +34,10 @@ pub enum FaultKind {
     /// Stream every token and end the body cleanly, but leave out
     /// `data: [DONE]` (a backend that lost the end of an answer).
     EndWithoutDone,
+    /// Stream `after_tokens` tokens, then end the body cleanly with
+    /// neither a `finish_reason` nor `[DONE]`: a truncated answer that
+    /// looks whole on the wire. A non-streamed response is cut half-way.
+    EndMidStream { after_tokens: u32 },
 }
 
 /// A fault plus an optional extra delay before the response head and an
@@ -117,7 +121,8 @@ impl FromStr for HealthMode {
 impl FromStr for FaultKind {
     type Err = String;
     /// Command-line form: `none`, `status:503`, `status:429:retry-after=2`,
-    /// `hang`, `reset`, `close-mid-stream:40`, `stall-mid-stream:5`.
+    /// `hang`, `reset`, `close-mid-stream:40`, `stall-mid-stream:5`,
+    /// `end-mid-stream:5`, `end-without-done`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.trim().split(':');
         let kind = parts
@@ -144,6 +149,9 @@ impl FromStr for FaultKind {
                 after_tokens: number("token count")?,
             },
             "stall-mid-stream" => FaultKind::StallMidStream {
+                after_tokens: number("token count")?,
+            },
+            "end-mid-stream" => FaultKind::EndMidStream {
                 after_tokens: number("token count")?,
             },
             "status" => {
@@ -185,6 +193,9 @@ impl fmt::Display for FaultKind {
             }
             FaultKind::StallMidStream { after_tokens } => {
                 write!(f, "stall-mid-stream:{after_tokens}")
+            }
+            FaultKind::EndMidStream { after_tokens } => {
+                write!(f, "end-mid-stream:{after_tokens}")
             }
         }
     }

@@ -127,6 +127,7 @@ async fn stream(
         }
         FaultKind::CloseMidStream { after_tokens } => Some(Cut::Close(after_tokens)),
         FaultKind::StallMidStream { after_tokens } => Some(Cut::Stall(after_tokens)),
+        FaultKind::EndMidStream { after_tokens } => Some(Cut::End(after_tokens)),
     };
     if req.method == "POST" && req.path.ends_with("completions") {
         let answer = completions::answer_text(&shared, &req.body);
@@ -138,9 +139,11 @@ async fn stream(
     }
     let answer = match (req.method.as_str(), req.path.as_str()) {
         ("POST", "/v1/chat/completions") => {
-            completions::answer(&shared, &req.body, true, omit_done)
+            completions::answer(&shared, &req.body, "/v1/chat/completions", omit_done)
         }
-        ("POST", "/v1/completions") => completions::answer(&shared, &req.body, false, omit_done),
+        ("POST", "/v1/completions") => {
+            completions::answer(&shared, &req.body, "/v1/completions", omit_done)
+        }
         ("GET" | "HEAD", "/v1/models") => Answer::Reply(handlers::models(&shared)),
         (_, "/ws") => Answer::Reply(Reply::error(400, "WebSocket needs HTTP/1.1")),
         _ => Answer::Reply(handlers::echo(&shared, &req, body_sha256)),
@@ -251,7 +254,7 @@ async fn send_events(
     let resp = head(200, &headers, Some(&shared.name));
     let mut out = respond.send_response(resp, false).map_err(|_| Gone)?;
     let cut_at = cut.map(|c| match c {
-        Cut::Close(n) | Cut::Stall(n) => n.min(events.len()),
+        Cut::Close(n) | Cut::Stall(n) | Cut::End(n) => n.min(events.len()),
     });
     for i in 0..=events.len() {
         if let (Some(at), Some(c)) = (cut_at, cut) {
@@ -285,6 +288,7 @@ async fn cut_stream(out: &mut SendStream<Bytes>, cut: Cut) -> Result<(), Gone> {
             wait_or_reset(None, |cx| out.poll_reset(cx)).await;
             Err(Gone)
         }
+        Cut::End(_) => out.send_data(Bytes::new(), true).map_err(|_| Gone),
     }
 }
 

@@ -26,6 +26,9 @@ pub(crate) enum Flow {
 pub(crate) enum Cut {
     Close(u32),
     Stall(u32),
+    /// End the body cleanly there (a stream with neither its
+    /// `finish_reason` nor `[DONE]`).
+    End(u32),
 }
 
 /// A response with a fixed-length body.
@@ -136,6 +139,8 @@ pub(crate) fn begin(shared: &Arc<Shared>, req: &Request, version: &str) -> (InFl
         body_len: req.body.len() as u64,
         body_sha256: body_sha256.clone(),
         version: version.into(),
+        body_text: String::from_utf8_lossy(&req.body[..req.body.len().min(super::BODY_TEXT_MAX)])
+            .into_owned(),
     });
     (guard, body_sha256)
 }
@@ -188,11 +193,12 @@ async fn traffic(shared: &Arc<Shared>, conn: &mut Conn, req: &Request) -> Flow {
         FaultKind::Reset => return Flow::Reset,
         FaultKind::CloseMidStream { after_tokens } => Some(Cut::Close(after_tokens)),
         FaultKind::StallMidStream { after_tokens } => Some(Cut::Stall(after_tokens)),
+        FaultKind::EndMidStream { after_tokens } => Some(Cut::End(after_tokens)),
     };
     let head_only = is_head(req);
     let reply = match (req.method.as_str(), req.path.as_str()) {
         (_, "/ws") => return ws::serve(shared, conn, req, cut).await,
-        ("POST", "/v1/chat/completions") => {
+        ("POST", "/v1/chat/completions" | "/beta/chat/completions") => {
             return completions::completion(shared, conn, req, true, cut, omit_done).await
         }
         ("POST", "/v1/completions") => {
@@ -327,7 +333,7 @@ pub(crate) async fn send(
 pub(crate) async fn cut_or_keep(shared: &Shared, conn: &mut Conn, cut: Option<Cut>) -> Flow {
     match cut {
         None => Flow::Keep,
-        Some(Cut::Close(_)) => Flow::Close,
+        Some(Cut::Close(_) | Cut::End(_)) => Flow::Close,
         Some(Cut::Stall(_)) => {
             conn.wait_or_disconnect(None).await;
             shared.count_disconnect();

@@ -5,7 +5,8 @@
 //! bodies) to be driven by a real gateway, and owns the wire so it can
 //! misbehave on purpose: see [`FaultKind`].
 //!
-//! Routes: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions`,
+//! Routes: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions`
+//! (also `/beta/chat/completions`, DeepSeek's prefix-completion path),
 //! `POST /v1/completions` (streamed as SSE when `"stream": true`), `GET /ws`
 //! (a WebSocket echo, see the `ws` module), any other path echoes the
 //! request as JSON. The control plane under `/_sim/` (stats, fault, health,
@@ -43,6 +44,9 @@ pub use fault::{Fault, FaultKind, HealthMode};
 /// How many traffic requests [`Stats::log`] keeps.
 pub const LOG_CAPACITY: usize = 1000;
 
+/// How much of each request body [`RequestRecord::body_text`] keeps.
+pub const BODY_TEXT_MAX: usize = 4096;
+
 /// Start-up settings of one simulated server.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
@@ -68,6 +72,12 @@ pub struct SimOptions {
     pub prefill_per_token: Duration,
     /// Prompt blocks the KV cache holds (0: no cache).
     pub kv_cache_blocks: usize,
+    /// Refuse partial assistant messages (both continuation dialects)
+    /// with a 400, as a server without prefill support would.
+    pub no_continuation: bool,
+    /// Refuse prompts longer than this many words with vLLM's
+    /// context-length 400 (0: no limit).
+    pub max_context: u64,
 }
 
 impl Default for SimOptions {
@@ -84,6 +94,8 @@ impl Default for SimOptions {
             http2: false,
             prefill_per_token: Duration::ZERO,
             kv_cache_blocks: 0,
+            no_continuation: false,
+            max_context: 0,
         }
     }
 }
@@ -143,6 +155,10 @@ pub struct RequestRecord {
     /// `HTTP/1.1` or `HTTP/2`.
     #[serde(default)]
     pub version: String,
+    /// The body's first [`BODY_TEXT_MAX`] bytes as text (lossy), for tests
+    /// that check what a request said.
+    #[serde(default)]
+    pub body_text: String,
 }
 
 #[derive(Default)]
@@ -179,6 +195,8 @@ pub(crate) struct Shared {
     tls: Option<pingora_rustls::TlsAcceptor>,
     http2: bool,
     pub(crate) kv: kv::KvCache,
+    pub(crate) no_continuation: bool,
+    pub(crate) max_context: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -334,6 +352,8 @@ impl SimServer {
             tls,
             http2: opts.http2,
             kv: kv::KvCache::new(opts.prefill_per_token, opts.kv_cache_blocks),
+            no_continuation: opts.no_continuation,
+            max_context: opts.max_context,
         });
         tokio::spawn(accept_loop(shared.clone(), listener));
         tracing::debug!(name = %shared.name, %addr, "sim server listening");

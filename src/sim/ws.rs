@@ -146,7 +146,7 @@ async fn echo(shared: &Shared, stream: &mut SimIo, pre_read: Vec<u8>, cut: Optio
         WebSocketStream::from_partially_read(stream, pre_read, Role::Server, Some(config)).await
     };
     let limit = match cut {
-        Some(Cut::Close(n) | Cut::Stall(n)) => Some(n),
+        Some(Cut::Close(n) | Cut::Stall(n) | Cut::End(n)) => Some(n),
         None => None,
     };
     let mut echoed = 0u32;

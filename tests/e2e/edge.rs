@@ -430,9 +430,9 @@ async fn large_answers_are_compressed_for_clients_that_accept_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_openai_stream_without_done_is_not_a_complete_answer() {
+async fn an_openai_stream_that_ends_without_a_finish_reason_is_not_a_complete_answer() {
     let a = sim("a").await;
-    a.set_fault(Fault::new(FaultKind::EndWithoutDone));
+    a.set_fault(Fault::new(FaultKind::EndMidStream { after_tokens: 5 }));
     let gw = Gateway::start(&format!(
         "{}{}",
         pool_toml("p", &[a.addr().to_string()], ""),
@@ -442,7 +442,7 @@ async fn an_openai_stream_without_done_is_not_a_complete_answer() {
     let r = gw
         .client
         .post(gw.url("/v1/chat/completions"))
-        .body(r#"{"model":"sim-model","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":5}"#)
+        .body(r#"{"model":"sim-model","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":9}"#)
         .send()
         .await
         .unwrap();

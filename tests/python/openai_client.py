@@ -29,12 +29,18 @@ def main() -> None:
             r = client.chat.completions.create(model="sim-model", messages=messages)
             out["content"] = r.choices[0].message.content
         elif scenario == "stream":
-            parts = []
+            parts, ids, finish = [], [], []
             for chunk in client.chat.completions.create(model="sim-model", messages=messages, stream=True):
+                if chunk.id not in ids:
+                    ids.append(chunk.id)
                 if chunk.choices and chunk.choices[0].delta.content:
                     parts.append(chunk.choices[0].delta.content)
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finish.append(chunk.choices[0].finish_reason)
             out["content"] = "".join(parts)
             out["chunks"] = len(parts)
+            out["ids"] = ids
+            out["finish"] = finish
         elif scenario == "rate_limited":
             # The first fits the key's limit; the second must raise the
             # SDK's RateLimitError, with what a client backs off by.

@@ -492,3 +492,92 @@ fn balance_and_affinity() {
         })
     );
 }
+
+#[test]
+fn continuation_and_probe_interval() {
+    let with = |extra: &str| MINIMAL.replace("name = \"p\"\n", &format!("name = \"p\"\n{extra}\n"));
+    let p = problems(&with("continuation = \"openai\""));
+    assert!(
+        problem(&p, "pool[0].continuation")
+            .message
+            .contains("'openai' is not \"none\", \"vllm\""),
+        "{p:#?}"
+    );
+    let p = problems(&with("fail_timeout = \"10s\"\nprobe_interval = \"20s\""));
+    assert!(problem(&p, "pool[0].probe_interval")
+        .message
+        .contains("must not be longer than fail_timeout"));
+    let p = problems(&with("probe_interval = \"0s\""));
+    assert!(problem(&p, "pool[0].probe_interval")
+        .message
+        .contains("greater than 0"));
+
+    let c = parse(
+        "t.toml",
+        &with("continuation = \"SGLang\"\nprobe_interval = \"2s\""),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.pools[0].continuation,
+        crate::openai::continuation::Dialect::Vllm
+    );
+    assert_eq!(c.pools[0].probe_interval, Some(secs(2)));
+    let c = parse("t.toml", MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.pools[0].probe_interval, None,
+        "nginx semantics by default"
+    );
+}
+
+#[test]
+fn resume_needs_an_openai_route_and_a_pool_that_can_continue() {
+    let resume = "[route.resume]\nenabled = true\n";
+    let p = problems(&format!("{MINIMAL}openai = true\n{resume}"));
+    assert!(problem(&p, "route[0].resume.enabled")
+        .message
+        .contains("no pool of this route"));
+    let vllm = MINIMAL.replace("name = \"p\"\n", "name = \"p\"\ncontinuation = \"vllm\"\n");
+    let p = problems(&format!("{vllm}{resume}"));
+    assert!(problem(&p, "route[0].resume.enabled")
+        .message
+        .contains("needs openai = true"));
+    let p = problems(&format!("{vllm}openai = true\n{resume}max_resumes = 0\n"));
+    assert!(problem(&p, "route[0].resume.max_resumes")
+        .message
+        .contains("between 1 and 100"));
+
+    let c = parse("t.toml", &format!("{vllm}openai = true\n{resume}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.routes[0].resume, Some(ResumeConfig { max_resumes: 1 }));
+    let off = format!("{vllm}openai = true\n[route.resume]\nenabled = false\n");
+    let c = parse("t.toml", &off).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.routes[0].resume, None);
+}
+
+#[test]
+fn fallback_reasons() {
+    let text = MINIMAL.replace(
+        "pool = \"p\"",
+        "pool = \"p\"\nfallback = [{ pool = \"p\", on = [\"context_length\", \"too_long\"] }, { pool = \"p\", on = [] }]",
+    );
+    let p = problems(&text);
+    assert!(problem(&p, "route[0].fallback[0].on")
+        .message
+        .contains("'too_long' is not"));
+    assert!(problem(&p, "route[0].fallback[1].on")
+        .message
+        .contains("at least one reason"));
+    let text = MINIMAL.replace(
+        "pool = \"p\"",
+        "pool = \"p\"\nfallback = [{ pool = \"p\" }, { pool = \"p\", on = [\"context_length\", \"unavailable\"] }]",
+    );
+    let c = parse("t.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.routes[0].fallback[0].on, FallbackOn::default());
+    assert_eq!(
+        c.routes[0].fallback[1].on,
+        FallbackOn {
+            unavailable: true,
+            context_length: true
+        }
+    );
+}

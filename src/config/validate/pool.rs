@@ -12,6 +12,7 @@ use crate::config::model::{
 };
 use crate::config::raw::Opt;
 use crate::config::raw::{RawAffinity, RawHealth, RawLoadMetrics, RawPool, RawQueue, RawUpstream};
+use crate::openai::continuation::Dialect;
 
 impl Checker<'_> {
     pub(super) fn pools(&mut self, raw: &[Spanned<RawPool>], resolve_now: bool) -> Vec<PoolConfig> {
@@ -100,6 +101,36 @@ impl Checker<'_> {
                 }
             }
         });
+        let continuation = match &raw.continuation {
+            None => Dialect::None,
+            Some(c) => Dialect::parse(c.get_ref()).unwrap_or_else(|| {
+                self.report(
+                    Some(c.span()),
+                    key("continuation"),
+                    format!(
+                        "'{}' is not \"none\", \"vllm\" (also \"sglang\") or \"deepseek\"",
+                        c.get_ref()
+                    ),
+                );
+                Dialect::None
+            }),
+        };
+        let probe_interval = raw.probe_interval.as_ref().map(|_| {
+            let d = self.duration(
+                &raw.probe_interval,
+                &key("probe_interval"),
+                fail_timeout,
+                true,
+            );
+            if d > fail_timeout {
+                self.report(
+                    span_of(&raw.probe_interval),
+                    key("probe_interval"),
+                    "must not be longer than fail_timeout (the longest an ejection lasts)",
+                );
+            }
+            d.min(fail_timeout)
+        });
         let load_metrics = raw.load_metrics.as_ref().map(|l| self.load_metrics(i, l));
         let health = raw.health.as_ref().map(|h| self.health(i, h));
         let queue = self.queue(i, raw.queue.as_ref());
@@ -157,6 +188,8 @@ impl Checker<'_> {
             api_key_header,
             resolve_interval,
             balance,
+            continuation,
+            probe_interval,
             affinity_header,
             affinity,
             load_metrics,

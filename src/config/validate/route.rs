@@ -5,8 +5,11 @@ use std::collections::HashMap;
 use toml::Spanned;
 
 use super::{secs, span_of, Checker};
-use crate::config::model::{Fallback, Priority, RetryConfig, RetryOn, RouteConfig, Timeouts};
-use crate::config::raw::{Opt, RawPool, RawRetry, RawRoute, RawTimeouts, StrOrInt};
+use crate::config::model::{
+    Fallback, FallbackOn, Priority, ResumeConfig, RetryConfig, RetryOn, RouteConfig, Timeouts,
+};
+use crate::config::raw::{Opt, RawPool, RawResume, RawRetry, RawRoute, RawTimeouts, StrOrInt};
+use crate::openai::continuation::Dialect;
 
 const RETRY_ON_HELP: &str = "connect_error, timeout, reset, 429, 500, 502, 503, 504";
 
@@ -19,7 +22,8 @@ const DEFAULT_RETRY_ON: [RetryOn; 5] = [
 ];
 
 /// Pool names in file order, for resolving `route.pool` and `fallback.pool`.
-struct PoolNames(Vec<String>);
+/// With each pool's continuation dialect (for `[route.resume]`).
+struct PoolNames(Vec<String>, Vec<Dialect>);
 
 impl PoolNames {
     fn index(&self, name: &str) -> Option<usize> {
@@ -46,6 +50,7 @@ impl Checker<'_> {
         &mut self,
         raw: &[Spanned<RawRoute>],
         pools: &[Spanned<RawPool>],
+        dialects: Vec<Dialect>,
     ) -> Vec<RouteConfig> {
         let names = PoolNames(
             pools
@@ -58,6 +63,7 @@ impl Checker<'_> {
                         .unwrap_or_default()
                 })
                 .collect(),
+            dialects,
         );
         let mut seen_names: HashMap<String, usize> = HashMap::new();
         // path_prefix of routes without a model list → name of the first such route
@@ -176,7 +182,8 @@ impl Checker<'_> {
                 Some(p) => self.pool_ref(p, &fkey("pool"), pools),
             };
             let model = self.non_empty(&f.get_ref().model, &fkey("model"));
-            fallback.push(Fallback { pool, model });
+            let on = self.fallback_on(f.get_ref().on.as_deref(), &fkey("on"));
+            fallback.push(Fallback { pool, model, on });
         }
         let max_tokens_limit = raw.max_tokens_limit.as_ref().and_then(|n| {
             if *n.get_ref() >= 1 {
@@ -218,13 +225,19 @@ impl Checker<'_> {
             }
         });
         let upgrades = self.upgrades(i, raw.upgrades.as_deref());
+        let openai = raw.openai.as_ref().is_some_and(|o| *o.get_ref());
+        let chain: Vec<usize> = std::iter::once(pool)
+            .chain(fallback.iter().map(|f| f.pool))
+            .collect();
+        let resume = self.resume(i, raw.resume.as_ref(), openai, &chain, pools);
         RouteConfig {
             name,
             path_prefix,
             models,
             pool,
             fallback,
-            openai: raw.openai.as_ref().is_some_and(|o| *o.get_ref()),
+            openai,
+            resume,
             max_tokens_limit,
             stream_include_usage: raw
                 .stream_include_usage
@@ -286,6 +299,74 @@ impl Checker<'_> {
                 0
             }
         }
+    }
+
+    /// `fallback.on`: `unavailable` (the default) and/or `context_length`.
+    fn fallback_on(&mut self, raw: Option<&[Spanned<String>]>, key: &str) -> FallbackOn {
+        let Some(list) = raw else {
+            return FallbackOn::default();
+        };
+        let mut on = FallbackOn {
+            unavailable: false,
+            context_length: false,
+        };
+        for entry in list {
+            match entry.get_ref().trim() {
+                "unavailable" => on.unavailable = true,
+                "context_length" => on.context_length = true,
+                other => self.report(
+                    Some(entry.span()),
+                    key,
+                    format!("'{other}' is not \"unavailable\" or \"context_length\""),
+                ),
+            }
+        }
+        if list.is_empty() {
+            self.report(
+                None,
+                key,
+                "must name at least one reason: \"unavailable\" or \"context_length\"",
+            );
+        }
+        on
+    }
+
+    /// `[route.resume]`: on OpenAI routes whose pools can continue a stream.
+    fn resume(
+        &mut self,
+        i: usize,
+        raw: Option<&RawResume>,
+        openai: bool,
+        pools: &[usize],
+        names: &PoolNames,
+    ) -> Option<ResumeConfig> {
+        let raw = raw?;
+        let key = |field: &str| format!("route[{i}].resume.{field}");
+        let max_resumes = self.int(&raw.max_resumes, &key("max_resumes"), 1, 1, 100);
+        if !raw.enabled.as_ref().is_some_and(|e| *e.get_ref()) {
+            return None;
+        }
+        let span = raw.enabled.as_ref().map(|e| e.span());
+        if !openai {
+            self.report(
+                span,
+                key("enabled"),
+                "resuming streams needs openai = true on the route (the stream must be read)",
+            );
+            return None;
+        }
+        if !pools
+            .iter()
+            .any(|&p| names.1.get(p).is_some_and(|d| *d != Dialect::None))
+        {
+            self.report(
+                span,
+                key("enabled"),
+                "no pool of this route (or its fallbacks) sets `continuation`, so nothing could resume a stream",
+            );
+            return None;
+        }
+        Some(ResumeConfig { max_resumes })
     }
 
     fn retry(&mut self, i: usize, raw: Option<&RawRetry>) -> RetryConfig {
