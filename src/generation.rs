@@ -196,6 +196,9 @@ fn new_pool(
     if pool.routes_by_prefix() || cfg.affinity_header.is_some() {
         metrics::register_affinity(&cfg.name);
     }
+    if cfg.continuation != crate::openai::continuation::Dialect::None {
+        metrics::register_resumes(&cfg.name);
+    }
     for s in pool.servers().iter() {
         metrics::register_server(&cfg.name, &s.addr);
     }

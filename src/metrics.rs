@@ -343,6 +343,13 @@ pub fn stream_abort(reason: &str) {
     STREAM_ABORTS.with_label_values(&[reason]).inc();
 }
 
+/// A pool that can continue cut streams: its outcomes at zero from the start.
+pub fn register_resumes(pool: &str) {
+    for result in ["resumed", "refused", "failed"] {
+        STREAM_RESUMES.with_label_values(&[pool, result]);
+    }
+}
+
 pub fn stream_resume(pool: &str, result: &str) {
     STREAM_RESUMES.with_label_values(&[pool, result]).inc();
 }

@@ -72,6 +72,7 @@ row("Streams")
 panel("Streams open", [(f'sum by (kind) (ballast_streams_active{{{J}}})',"{{kind}}")], "short", desc="Open event streams (sse) and spliced upgraded connections (websocket).")
 panel("Stream aborts", [(f'sum by (reason) (rate(ballast_stream_aborts_total{{{J}}}[$__rate_interval]))',"{{reason}}")], "short", stack=True, desc="Responses cut after bytes reached the client, by reason.")
 panel("Stream duration", q("ballast_stream_duration_seconds", J, "kind, ", (0.5,0.99)), "s", desc="How long streams stayed open.")
+panel("Stream resumes", [(f'sum by (pool, result) (rate(ballast_stream_resumes_total{{{PJ}}}[$__rate_interval]))',"{{pool}} {{result}}")], "short", stack=True, desc="Streams cut after bytes reached the client, by the pool that cut them: resumed on another server ([route.resume]), refused or failed (the client got the error event), or why no resume was tried (limit, deadline, tool_call, multi_choice, reasoning, unreadable, finished).")
 endrow()
 
 def var(name, label, query, multi=True):

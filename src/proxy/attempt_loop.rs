@@ -22,12 +22,13 @@ use crate::generation::Generation;
 use crate::metrics;
 use crate::openai::continuation;
 use crate::outcome::Outcome;
-use crate::pool::{Lease, Pool, Shed};
+use crate::pool::{Lease, Pool, Server, Shed};
 use crate::retry::{self, retry_after, Next, Situation, Stop};
 use bytes::Bytes;
 use pingora_core::protocols::http::ServerSession;
 use pingora_http::RequestHeader;
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 /// The request as every attempt replays it.
@@ -113,7 +114,9 @@ enum Verdict {
 pub(super) struct Held {
     pub answer: Answer,
     outcome: Outcome,
-    pub lease: Lease,
+    /// The server's slot, while the answer still uses it.
+    pub lease: Option<Lease>,
+    pub server: Arc<Server>,
     sent_at: Instant,
 }
 
@@ -141,7 +144,7 @@ impl Gateway {
 
     /// Run the loop for `req` (as `shape` says) over the route's pool and
     /// fallbacks until there is something for `to`. Servers in `avoid` are
-    /// tried only if nothing else can take it.
+    /// not tried: a pool with no other server for it cannot serve.
     pub(super) async fn obtain<'a, R: Recipient>(
         &'a self,
         gen: &'a Generation,
@@ -346,12 +349,15 @@ impl Gateway {
             };
             let result = match (long, result) {
                 (true, Ok(answer)) => {
+                    // Its slot is free while a longer context is tried.
+                    drop(lease);
                     return PoolEnd::TooLong(Box::new(Held {
                         answer,
                         outcome,
-                        lease,
+                        lease: None,
+                        server,
                         sent_at,
-                    }))
+                    }));
                 }
                 (_, result) => result,
             };
@@ -413,7 +419,8 @@ impl Gateway {
                 Ok(answer) => Held {
                     answer,
                     outcome,
-                    lease,
+                    lease: Some(lease),
+                    server,
                     sent_at,
                 },
                 Err(_) if out_of_time => {
@@ -466,9 +473,9 @@ impl Gateway {
             answer,
             outcome,
             lease,
+            server,
             sent_at,
         } = held;
-        let server = lease.server().clone();
         metrics::first_byte(
             &pool.name,
             answer
@@ -503,7 +510,7 @@ impl Gateway {
                 cut: self.drain.cut(),
             };
             let (end, tokens) = if resumable {
-                self.forward_resuming(gen, session, log, pool, req, answer, lease, &how)
+                self.forward_resuming(gen, session, log, pool, req, answer, (lease, server), &how)
                     .await
             } else {
                 let forwarded = respond::forward(
@@ -528,13 +535,15 @@ impl Gateway {
 
 /// A backend that broke off a response it had begun is failing: count it
 /// towards its ejection (its head was counted as a success).
-pub(super) fn record_cut(mut lease: Lease, end: Forwarded) {
+pub(super) fn record_cut(lease: Option<Lease>, end: Forwarded) {
     let outcome = match end {
         Forwarded::UpstreamStalled => Outcome::Timeout,
         Forwarded::UpstreamBroken | Forwarded::MissingDone => Outcome::Reset,
         _ => return,
     };
-    lease.record_late(outcome, Instant::now());
+    if let Some(mut lease) = lease {
+        lease.record_late(outcome, Instant::now());
+    }
 }
 
 /// The request as `pool` gets it: its own headers, its model (a

@@ -14,8 +14,9 @@ use super::respond::{self, Forwarded, Forwarder, Forwarding};
 use super::Gateway;
 use crate::generation::Generation;
 use crate::metrics;
-use crate::pool::{Lease, Pool};
+use crate::pool::{Lease, Pool, Server};
 use pingora_core::protocols::http::ServerSession;
+use std::sync::Arc;
 use std::time::Instant;
 
 impl Gateway {
@@ -30,7 +31,7 @@ impl Gateway {
         pool: &'a Pool,
         req: &Request<'_>,
         answer: Answer,
-        lease: Lease,
+        (lease, server): (Option<Lease>, Arc<Server>),
         how: &Forwarding,
     ) -> (Forwarded, Option<u64>) {
         let max_resumes = req.max_resumes.unwrap_or(0);
@@ -44,20 +45,18 @@ impl Gateway {
         let mut out = match Forwarder::begin(session, &head, how, req.count_usage).await {
             Ok(out) => out,
             Err(end) => {
-                let peer = lease.server().peer();
-                respond::release(&self.connector, upstream, &peer, end).await;
+                respond::release(&self.connector, upstream, &server.peer(), end).await;
                 return (end, None);
             }
         };
-        let (mut pool, mut lease) = (pool, lease);
+        let (mut pool, mut lease, mut server) = (pool, lease, server);
         // Servers that cut this stream: the last resort for its continuation.
         let mut avoid: Vec<u64> = Vec::new();
         let mut resumes = 0;
         loop {
             let end = out.pump(session, &mut upstream, first.take(), done).await;
-            let server = lease.server().clone();
             respond::release(&self.connector, upstream, &server.peer(), end).await;
-            record_cut(lease, end);
+            record_cut(lease.take(), end);
             if !matches!(
                 end,
                 Forwarded::UpstreamBroken | Forwarded::UpstreamStalled | Forwarded::MissingDone
@@ -86,12 +85,16 @@ impl Gateway {
                 tokens,
             };
             let cut_pool = pool;
+            // The log's pool stays the one that began the answer; where it
+            // was resumed is logged on its own.
+            let answering = log.pool;
             let mut obtained = self.obtain(gen, session, log, req, shape, &avoid).await;
             if matches!(obtained, Obtained::Error(_)) {
                 // Nothing else could take it: the servers that cut this
                 // stream are the last resort (one may have been a blip).
                 obtained = self.obtain(gen, session, log, req, shape, &[]).await;
             }
+            log.pool = answering;
             match obtained {
                 Obtained::Answer(held, p)
                     if held.answer.head.status.is_success()
@@ -105,13 +108,14 @@ impl Gateway {
                         cause = end.label(),
                         sent_tokens = tokens,
                         to_pool = %p.name,
-                        to_server = %held.lease.server().addr,
+                        to_server = %held.server.addr,
                         "cut stream resumed"
                     );
-                    log.resumed.push((&p.name, held.lease.server().clone()));
+                    log.resumed.push((&p.name, held.server.clone()));
                     out.continue_stream();
                     let held = *held;
                     lease = held.lease;
+                    server = held.server;
                     upstream = held.answer.session;
                     first = held.answer.first;
                     done = held.answer.done;

@@ -155,3 +155,57 @@ async fn without_a_context_fallback_the_refusal_reaches_the_client() {
         .unwrap()
         .contains("maximum context length is 8"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_moved_for_its_length_frees_its_first_servers_slot() {
+    // The small server takes one request at a time; a long prompt moved to
+    // a slow long-context server must not keep that slot.
+    let small = sim_with(
+        "small",
+        SimOptions {
+            max_context: 8,
+            ..SimOptions::default()
+        },
+    )
+    .await;
+    let long = sim_with(
+        "long",
+        SimOptions {
+            token_interval: std::time::Duration::from_millis(200),
+            tokens: 10,
+            ..SimOptions::default()
+        },
+    )
+    .await;
+    let gw = Gateway::start(&format!(
+        "{}{}{}",
+        pool_toml(
+            "small",
+            &[small.addr().to_string()],
+            "max_conns = 1\n[pool.queue]\nmax_depth = 10\nmax_wait = \"100ms\""
+        ),
+        pool_toml("long", &[long.addr().to_string()], ""),
+        route_toml(
+            "chat",
+            "/v1/",
+            "small",
+            "openai = true\nfallback = [{ pool = \"long\", on = [\"context_length\"] }]"
+        )
+    ))
+    .await;
+    let slow = {
+        let client = gw.client.clone();
+        let url = gw.url("/v1/chat/completions");
+        let body = prompt(12).replace("}]}", "}],\"stream\":true}");
+        tokio::spawn(async move {
+            let r = client.post(url).body(body).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    wait_until("the long server streams", || long.stats().in_flight == 1).await;
+    let (status, body) = post(&gw, prompt(3)).await;
+    assert_eq!(status, 200, "the small server's slot was held: {body}");
+    let (status, text) = slow.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+}

@@ -306,7 +306,7 @@ async fn dashboard_reads_only_metrics_ballast_exports() {
         pool_toml(
             "local",
             &[a.addr().to_string()],
-            "balance = \"prefix_affinity\"\n[pool.load_metrics]\ninterval = \"100ms\"\n"
+            "balance = \"prefix_affinity\"\ncontinuation = \"vllm\"\n[pool.load_metrics]\ninterval = \"100ms\"\n"
         ),
         route_toml("chat", "/", "local", "require_key = true")
     ))
