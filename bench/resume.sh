@@ -6,10 +6,12 @@
 #   ballast-resume   Ballast, [route.resume] on, pool.continuation = "vllm"
 #   ballast          Ballast, the same config without [route.resume]
 #   nginx            nginx in front of the same servers (proxy_buffering off,
-#                    proxy_next_upstream ... non_idempotent, max_fails=1)
-# Reported per proxy: the share of streams that reached the client whole
-# (every token once, in order, then [DONE]; no error event, no abort), the
-# kills, and why the others were not whole. Runs are interleaved, each round
+#                    proxy_next_upstream ... non_idempotent, its default
+#                    max_fails=1 fail_timeout=10s)
+# Each client starts at most one stream per stream length (a fast 502 does
+# not make it ask more often). Reported per proxy: the share of streams that
+# reached the client whole (every token once, in order, then [DONE]; no
+# error event, no abort), the kills, and why the others were not whole. Runs are interleaved, each round
 # with its own kill schedule (the same for every proxy), medians of ROUNDS.
 #
 # Env: ROUNDS (3), DURATION (30 s per run), CONCURRENCY (12), TOKENS (100),

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import dist_ms, parse_target
+from benchlib import dist_ms, parse_duration, parse_target
 
 
 def expected(tokens):
@@ -188,9 +188,16 @@ async def main():
         stop_at = time.monotonic() + a.duration
         results = []
 
+        # Each client starts a stream at most once per stream's length: a
+        # proxy that fails fast is not asked more often (closed-loop clients
+        # would spin on quick 502s and skew the share).
+        pace = a.tokens * parse_duration(a.token_interval)
+
         async def client():
             while time.monotonic() < stop_at:
+                started = time.monotonic()
                 results.append(await one_stream(host, port, a.tokens, timeout=60))
+                await asyncio.sleep(max(0.0, pace - (time.monotonic() - started)))
 
         async def killer():
             kills = 0

@@ -279,15 +279,21 @@ impl<'h> Forwarder<'h> {
             flushed: false,
             usage: (count_usage && !encoded).then(UsageTap::default),
         };
-        match fast_timeout(
+        let wrote = fast_timeout(
             how.client_write,
             session.write_response_header(Box::new(head)),
         )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(Forwarded::ClientGone),
-            Err(_) => return Err(Forwarded::ClientStalled),
+        .await;
+        let failed = match wrote {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(Forwarded::ClientGone),
+            Err(_) => Some(Forwarded::ClientStalled),
+        };
+        if let Some(end) = failed {
+            metrics::stream_abort(end.label());
+            // A client that took nothing gets nothing more on this connection.
+            session.set_keepalive(None);
+            return Err(end);
         }
         Ok(Forwarder {
             how,
