@@ -228,7 +228,7 @@ async fn high_priority_overtakes_low() {
 async fn fallback_pools_take_over_when_the_primary_cannot_serve() {
     let main = slow("main", 2000).await;
     let spare = sim("spare").await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = dead_addr();
     let gw = Gateway::start(&format!(
         "{}[pool.queue]\nmax_wait = \"300ms\"\n{}{}{}{}",
         pool_toml("main", &[main.addr().to_string()], "max_conns = 1"),

@@ -135,11 +135,11 @@ async fn without_a_context_fallback_the_refusal_reaches_the_client() {
 
     // A context fallback that cannot serve leaves the client with the
     // refusal it can act on, not an "unavailable".
-    let down = free_port();
+    let down = dead_addr();
     let gw = Gateway::start(&format!(
         "{}{}{}",
         pool_toml("small", &[small.addr().to_string()], ""),
-        pool_toml("long", &[format!("127.0.0.1:{down}")], ""),
+        pool_toml("long", &[down], ""),
         route_toml(
             "chat",
             "/v1/",

@@ -156,7 +156,7 @@ const SECRETS: [&str; 3] = [KEY_HOSTED, KEY_OTHER, CLIENT_KEY];
 async fn no_secret_reaches_a_log_line_a_metric_the_status_or_an_error_body() {
     let hosted = sim("hosted").await;
     let other = sim("other").await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = dead_addr();
     // `trace` logs everything `info` and `debug` do, and more.
     let gw = Gateway::start_env(
         &format!(

@@ -13,7 +13,7 @@ fn connect_errors(metrics: &str, server: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusing_backend_is_ejected_then_probed_once() {
     let live = sim("live").await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = dead_addr();
     let servers = [live.addr().to_string(), dead.clone()];
     let gw = Gateway::one_pool(&servers, "max_fails = 2\nfail_timeout = \"2s\"").await;
 

@@ -11,10 +11,7 @@ async fn error_code(r: reqwest::Response) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_server_down_gives_503_with_retry_after() {
-    let dead = [
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    ];
+    let dead = [dead_addr(), dead_addr()];
     let gw = Gateway::one_pool(&dead, "max_fails = 1\nfail_timeout = \"20s\"").await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))

@@ -8,10 +8,35 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A port nobody listens on (bound once, then released).
+/// A port nobody listens on now (bound once, then released). Only for
+/// something that listens on it at once: another test's ephemeral bind may
+/// take it meanwhile.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
+}
+
+/// The address of a server that is down: a privileged port below the
+/// ephemeral range, which no backend or gateway of the test run ever binds
+/// (they take ephemeral ports), so it stays refused for the whole test. A
+/// freed ephemeral port would not: another test's server may get it.
+pub fn dead_addr() -> String {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(1000);
+    loop {
+        let port = NEXT.fetch_sub(1, Ordering::Relaxed);
+        assert!(port > 100, "out of dead ports");
+        let addr = format!("127.0.0.1:{port}");
+        // Something of this machine's may listen there: skip it.
+        let refused = std::net::TcpStream::connect_timeout(
+            &addr.parse().expect("an address"),
+            Duration::from_millis(200),
+        )
+        .is_err();
+        if refused {
+            return addr;
+        }
+    }
 }
 
 pub async fn sim(name: &str) -> SimServer {
@@ -89,6 +114,25 @@ impl Gateway {
         env: &[(&str, &str)],
         nofile: Option<u64>,
     ) -> Gateway {
+        // The ports are free when chosen, but another test may bind one
+        // before the gateway does: then it exits at once, and is started
+        // again on new ones.
+        for _ in 0..5 {
+            let mut gw = Gateway::spawn(server_extra, body, env, nofile);
+            if gw.wait_ready().await {
+                return gw;
+            }
+            let log = gw.log();
+            assert!(
+                log.contains("Address already in use"),
+                "ballast did not become ready; log:\n{log}"
+            );
+            let _ = gw.child.wait();
+        }
+        panic!("ballast could not get free ports in five tries");
+    }
+
+    fn spawn(server_extra: &str, body: &str, env: &[(&str, &str)], nofile: Option<u64>) -> Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         // A test may bring its own [log] section.
@@ -130,7 +174,7 @@ impl Gateway {
             .stderr(log)
             .spawn()
             .expect("spawn ballast");
-        let gw = Gateway {
+        Gateway {
             child,
             addr,
             admin,
@@ -139,9 +183,7 @@ impl Gateway {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
-        };
-        gw.wait_ready().await;
-        gw
+        }
     }
 
     /// The common case: one pool "p" of `servers` (with `pool_extra` keys)
@@ -155,9 +197,13 @@ impl Gateway {
         .await
     }
 
-    async fn wait_ready(&self) {
+    /// Poll until the gateway serves; false if it exited first.
+    async fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
             let admin_up = self
                 .client
                 .get(self.admin_url("/healthz"))
@@ -166,7 +212,7 @@ impl Gateway {
                 .is_ok_and(|r| r.status() == 200);
             let gw_up = tokio::net::TcpStream::connect(self.addr).await.is_ok();
             if admin_up && gw_up {
-                return;
+                return true;
             }
             assert!(
                 Instant::now() < deadline,

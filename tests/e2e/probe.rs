@@ -20,7 +20,7 @@ fn stderr(o: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_tells_alive_ready_and_gone_apart() {
     let a = sim("a").await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = dead_addr();
     let gw = Gateway::start(&format!(
         "{}{}{}{}",
         pool_toml("live", &[a.addr().to_string()], ""),

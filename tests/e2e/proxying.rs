@@ -164,7 +164,7 @@ async fn expect_continue_is_answered_by_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_json_access_log_line_per_request() {
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = dead_addr();
     let a = sim("a").await;
     let gw = Gateway::start(&format!(
         "[log]\nformat = \"json\"\nlevel = \"info\"\n{}{}",

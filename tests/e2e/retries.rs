@@ -136,7 +136,7 @@ async fn persistent_429_backs_off_with_growing_delays_then_tells_the_truth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_are_retried_transparently_for_get_and_post() {
     let live = sim("live").await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = dead_addr();
     // Half the requests try the dead server first; a budget of 1.0 lets
     // every one of them retry (the budget has its own test).
     let gw = Gateway::start(&format!(
