@@ -12,6 +12,7 @@ pub mod descriptors;
 pub mod drain;
 pub mod error;
 pub mod generation;
+pub mod jobs;
 pub mod keys;
 pub mod metrics;
 pub mod openai;

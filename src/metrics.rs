@@ -262,6 +262,44 @@ static CONTEXT_FALLBACKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric ballast_context_fallbacks_total registers")
 });
 
+static JOBS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "ballast_jobs",
+        "Asynchronous jobs not finished, by state (queued, running)",
+        &["state"]
+    )
+    .expect("metric ballast_jobs registers")
+});
+
+static JOBS_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_jobs_total",
+        "Asynchronous jobs finished, by route and result (succeeded, failed, cancelled, expired)",
+        &["route", "result"]
+    )
+    .expect("metric ballast_jobs_total registers")
+});
+
+static JOB_WAIT: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "ballast_job_wait_seconds",
+        "From a job's submission to its first start",
+        &["route"],
+        vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0]
+    )
+    .expect("metric ballast_job_wait_seconds registers")
+});
+
+static JOB_RUN: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "ballast_job_run_seconds",
+        "How long one run of a job took",
+        &["route"],
+        vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0]
+    )
+    .expect("metric ballast_job_run_seconds registers")
+});
+
 static QUEUE_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "ballast_queue_depth",
@@ -352,6 +390,23 @@ pub fn register_resumes(pool: &str) {
 
 pub fn stream_resume(pool: &str, result: &str) {
     STREAM_RESUMES.with_label_values(&[pool, result]).inc();
+}
+
+pub fn jobs_in_state(state: &str, n: usize) {
+    JOBS.with_label_values(&[state])
+        .set(i64::try_from(n).unwrap_or(i64::MAX));
+}
+
+pub fn job_done(route: &str, result: &str) {
+    JOBS_TOTAL.with_label_values(&[route, result]).inc();
+}
+
+pub fn job_wait(route: &str, seconds: f64) {
+    JOB_WAIT.with_label_values(&[route]).observe(seconds);
+}
+
+pub fn job_run(route: &str, seconds: f64) {
+    JOB_RUN.with_label_values(&[route]).observe(seconds);
 }
 
 pub fn context_fallback(route: &str) {

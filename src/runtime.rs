@@ -267,12 +267,19 @@ pub fn run(path: &std::path::Path, mut config: Config, upgrade: bool) -> anyhow:
         .unwrap_or_default()
         + std::time::Duration::from_secs(60);
     let limiter = crate::ratelimit::Limiter::new(&config.ratelimit, stale)?;
+    let jobs = match &config.jobs {
+        Some(cfg) => Some(crate::jobs::Jobs::open(cfg)?),
+        None => None,
+    };
+    let app = Arc::new(Gateway::new(
+        current.clone(),
+        drain.clone(),
+        limiter,
+        jobs.clone(),
+    ));
     let mut gateway = Service::new(
         "ballast gateway".to_string(),
-        Connections::new(
-            Gateway::new(current.clone(), drain.clone(), limiter),
-            listener_tls,
-        ),
+        Connections::new(app.clone(), listener_tls),
     );
     for addr in &config.server.listen {
         gateway.add_tcp_with_settings(addr, client_socket_options());
@@ -308,6 +315,11 @@ pub fn run(path: &std::path::Path, mut config: Config, upgrade: bool) -> anyhow:
     server.add_service(gateway);
     server.add_service(admin);
     server.add_service(prober);
+    if let Some(jobs) = jobs {
+        let mut runner = background_service("ballast jobs", JobRunner { app, jobs });
+        runner.threads = Some(1);
+        server.add_service(runner);
+    }
     tracing::info!(
         listen = ?config.server.listen,
         admin = %config.admin.listen,
@@ -322,4 +334,21 @@ pub fn run(path: &std::path::Path, mut config: Config, upgrade: bool) -> anyhow:
         }),
     });
     std::process::exit(0)
+}
+
+/// Runs asynchronous jobs (`[jobs]`) until the gateway stops; jobs still
+/// running then are run again at the next start.
+struct JobRunner {
+    app: Arc<Gateway>,
+    jobs: Arc<crate::jobs::Jobs>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for JobRunner {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        tokio::select! {
+            _ = crate::proxy::jobs::run_jobs(self.app.clone(), self.jobs.clone()) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
 }

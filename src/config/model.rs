@@ -17,6 +17,20 @@ pub struct Config {
     /// Client keys (`[auth]`), read when the config was loaded.
     pub auth: Option<AuthSection>,
     pub ratelimit: RateLimitSection,
+    /// The job store (`[jobs]`), when any route takes jobs.
+    pub jobs: Option<JobsSection>,
+}
+
+/// `[jobs]` (read at start: a change needs a restart).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobsSection {
+    pub dir: PathBuf,
+    /// Jobs queued or running at most; beyond: 503 with Retry-After.
+    pub max_queued: u64,
+    /// A backend answer longer than this fails the job.
+    pub max_result_bytes: u64,
+    /// Jobs run at once, at most.
+    pub workers: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -280,6 +294,8 @@ pub struct RouteConfig {
     pub require_key: bool,
     /// Cut streams are resumed on another server (`[route.resume]`).
     pub resume: Option<ResumeConfig>,
+    /// `Prefer: respond-async` requests become jobs (`[route.jobs]`).
+    pub jobs: Option<crate::jobs::record::Policy>,
     pub retry: RetryConfig,
     pub timeouts: Timeouts,
 }

@@ -40,6 +40,29 @@ pub(crate) struct RawConfig {
     pub auth: Option<RawAuth>,
     #[serde(default)]
     pub ratelimit: RawRateLimit,
+    pub jobs: Option<RawJobs>,
+}
+
+/// `[jobs]`: the durable store of asynchronous jobs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawJobs {
+    pub dir: Opt<String>,
+    pub max_queued: Opt<i64>,
+    pub max_result_bytes: Opt<StrOrInt>,
+    pub workers: Opt<i64>,
+}
+
+/// `[route.jobs]`: the route takes `Prefer: respond-async` requests as jobs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouteJobs {
+    pub enabled: Opt<bool>,
+    pub max_attempts: Opt<i64>,
+    pub backoff: Opt<String>,
+    pub backoff_max: Opt<String>,
+    pub ttl: Opt<String>,
+    pub retention: Opt<String>,
 }
 
 /// `[auth]`: where the client keys are.
@@ -202,6 +225,7 @@ pub(crate) struct RawRoute {
     pub upgrades: Option<Vec<Spanned<String>>>,
     pub require_key: Opt<bool>,
     pub resume: Option<RawResume>,
+    pub jobs: Option<RawRouteJobs>,
     pub retry: Option<RawRetry>,
     pub timeouts: Option<RawTimeouts>,
 }

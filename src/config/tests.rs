@@ -168,6 +168,7 @@ fn example_file_parses_into_expected_model() {
             stream_include_usage: false,
             require_key: false,
             resume: None,
+            jobs: None,
             retry: default_retry(),
             timeouts: default_timeouts(),
         }],
@@ -177,6 +178,7 @@ fn example_file_parses_into_expected_model() {
             fail_open: true,
             timeout: Duration::from_millis(100),
         },
+        jobs: None,
     };
     assert_eq!(config, expected);
     assert!(config.server.threads >= 1);
@@ -455,6 +457,7 @@ fn defaults() {
             stream_include_usage: false,
             require_key: false,
             resume: None,
+            jobs: None,
             retry: default_retry(),
             timeouts: default_timeouts(),
         }]

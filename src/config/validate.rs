@@ -17,14 +17,15 @@ use toml::Spanned;
 
 use super::locate::LineIndex;
 use super::model::{
-    AdminSection, AuthSection, Config, Limits, LogFormat, LogSection, RateLimitSection,
-    ServerSection, TlsFiles,
+    AdminSection, AuthSection, Config, JobsSection, Limits, LogFormat, LogSection,
+    RateLimitSection, ServerSection, TlsFiles,
 };
 use super::raw::{
-    Opt, RawAdmin, RawAuth, RawConfig, RawLimits, RawListenerTls, RawLog, RawRateLimit, RawServer,
-    StrOrInt,
+    Opt, RawAdmin, RawAuth, RawConfig, RawJobs, RawLimits, RawListenerTls, RawLog, RawRateLimit,
+    RawServer, StrOrInt,
 };
 use super::ConfigProblem;
+use std::path::PathBuf;
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -107,6 +108,19 @@ impl Checker<'_> {
             }
         }
         let ratelimit = self.ratelimit(&raw.ratelimit);
+        let jobs = raw.jobs.as_ref().and_then(|j| self.jobs(j));
+        if jobs.is_none() {
+            for (i, r) in raw.route.iter().enumerate() {
+                let enabled = r.get_ref().jobs.as_ref().and_then(|j| j.enabled.as_ref());
+                if let Some(e) = enabled.filter(|e| *e.get_ref()) {
+                    self.report(
+                        Some(e.span()),
+                        format!("route[{i}].jobs.enabled"),
+                        "needs a job store: add [jobs] with dir",
+                    );
+                }
+            }
+        }
         Config {
             server,
             admin,
@@ -116,7 +130,39 @@ impl Checker<'_> {
             routes,
             auth,
             ratelimit,
+            jobs,
         }
+    }
+
+    /// `[jobs]`: where jobs are kept and how many.
+    fn jobs(&mut self, raw: &RawJobs) -> Option<JobsSection> {
+        let dir = match &raw.dir {
+            Some(d) if !d.get_ref().trim().is_empty() => PathBuf::from(d.get_ref().trim()),
+            Some(d) => {
+                self.report(Some(d.span()), "jobs.dir", "must name a directory");
+                return None;
+            }
+            None => {
+                self.report(
+                    None,
+                    "jobs.dir",
+                    "missing key `dir`: the directory the job store lives in",
+                );
+                return None;
+            }
+        };
+        Some(JobsSection {
+            dir,
+            max_queued: u64::from(self.int(
+                &raw.max_queued,
+                "jobs.max_queued",
+                10_000,
+                1,
+                u32::MAX,
+            )),
+            max_result_bytes: self.size(&raw.max_result_bytes, "jobs.max_result_bytes", 1 << 20),
+            workers: self.int(&raw.workers, "jobs.workers", 4, 1, 1024),
+        })
     }
 
     fn server(&mut self, raw: &RawServer) -> ServerSection {

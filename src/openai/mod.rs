@@ -231,6 +231,33 @@ fn plan(
     changes
 }
 
+/// A JSON body with `"stream": true` made `"stream": false` (and its
+/// `stream_options` null, which servers refuse without a stream), edited
+/// in place; `None` when it does not stream (or is not a JSON object).
+pub fn without_stream(body: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut obj: serde_json::Map<String, Value> = serde_json::from_str(text).ok()?;
+    if obj.get("stream") != Some(&Value::Bool(true)) {
+        return None;
+    }
+    let mut changes = vec![Change::Set {
+        key: "stream",
+        json: "false".to_owned(),
+    }];
+    if obj.contains_key("stream_options") {
+        changes.push(Change::Set {
+            key: "stream_options",
+            json: "null".to_owned(),
+        });
+    }
+    for change in &changes {
+        change.apply(&mut obj);
+    }
+    let out = splice::splice(text, &changes)?;
+    let check: serde_json::Map<String, Value> = serde_json::from_str(&out).ok()?;
+    (check == obj).then(|| out.into_bytes())
+}
+
 /// Just the `model` of a JSON body (for model routing on routes without
 /// openai validation); None if absent/not JSON/not a string.
 pub fn peek_model(body: &[u8]) -> Option<String> {

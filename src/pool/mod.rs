@@ -559,6 +559,17 @@ impl Pool {
     }
 
     /// At least one server could take a request now (caps aside).
+    /// A request could take a slot now without anyone waiting for it
+    /// (what a job needs to start).
+    pub fn has_free_slot(&self, now: Instant) -> bool {
+        !self.admission.has_waiters()
+            && self
+                .members
+                .load()
+                .iter()
+                .any(|s| s.availability(now).is_usable() && s.under_cap())
+    }
+
     pub fn has_usable(&self, now: Instant) -> bool {
         self.members
             .load()

@@ -40,10 +40,15 @@ pub struct AccessLog<'a> {
 impl AccessLog<'_> {
     pub fn new(session: &ServerSession) -> Self {
         let req = session.req_header();
+        Self::of(req.method.clone(), req.uri.clone())
+    }
+
+    /// Facts about a request no client session carries (a job's run).
+    pub fn of(method: Method, uri: Uri) -> Self {
         AccessLog {
             start: Instant::now(),
-            method: req.method.clone(),
-            uri: req.uri.clone(),
+            method,
+            uri,
             route: None,
             pool: None,
             servers: Vec::new(),

@@ -50,6 +50,9 @@ pub struct Request<'r> {
     /// A chat stream of one choice on a route that resumes cut streams:
     /// at most this many times.
     pub max_resumes: Option<u32>,
+    /// A job: it takes a slot only when one is free and no request waits
+    /// for it; it never joins a pool's queue.
+    pub background: bool,
 }
 
 /// What the loop asks each pool for.
@@ -260,6 +263,11 @@ impl Gateway {
                 return PoolEnd::Done(Obtained::Error(GatewayError::deadline(&route.name)));
             }
             // Requests already waiting go first: join the queue behind them.
+            // A job stands aside for them altogether.
+            if req.background && pool.admission.has_waiters() {
+                let err = GatewayError::no_capacity(&pool.name, pool.retry_after(now));
+                return PoolEnd::CannotServe(Verdict::Error(err));
+            }
             let acquired = if pool.admission.has_waiters() {
                 Err(None)
             } else {
@@ -269,7 +277,11 @@ impl Gateway {
             };
             let mut lease = match acquired {
                 Ok(lease) => lease,
-                Err(no) if no.is_none_or(|n| n.at_capacity) && pool.admission.enabled() => {
+                Err(no)
+                    if no.is_none_or(|n| n.at_capacity)
+                        && pool.admission.enabled()
+                        && !req.background =>
+                {
                     let limit = pool.admission.max_wait().min(remaining);
                     // A retry waiting for an untried server must not be fed
                     // the free slot of the server that just failed it.
@@ -285,6 +297,10 @@ impl Gateway {
                             return PoolEnd::CannotServe(Verdict::Error(err));
                         }
                     }
+                }
+                Err(_) if req.background => {
+                    let err = GatewayError::no_capacity(&pool.name, pool.retry_after(now));
+                    return PoolEnd::CannotServe(Verdict::Error(err));
                 }
                 Err(no) => {
                     // Servers that only asked for a pause come back by

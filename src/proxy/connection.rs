@@ -48,9 +48,9 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(gateway: Gateway, tls: Option<ListenerTls>) -> Self {
+    pub fn new(gateway: Arc<Gateway>, tls: Option<ListenerTls>) -> Self {
         Connections {
-            gateway: Arc::new(gateway),
+            gateway,
             open: AtomicU32::new(0),
             tls,
         }

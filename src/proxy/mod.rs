@@ -13,6 +13,7 @@ mod edge;
 mod fallback;
 mod head;
 mod headers;
+pub mod jobs;
 mod request;
 pub(crate) mod respond;
 mod resume;
@@ -53,6 +54,8 @@ pub struct Gateway {
     buffers: Arc<buffered::BufferBudget>,
     /// Client keys' limits (kept across reloads: counts belong to names).
     limiter: Arc<crate::ratelimit::Limiter>,
+    /// The job store, when `[jobs]` is configured.
+    jobs: Option<Arc<crate::jobs::Jobs>>,
 }
 
 impl Gateway {
@@ -60,6 +63,7 @@ impl Gateway {
         current: Current,
         drain: Arc<Drain>,
         limiter: Arc<crate::ratelimit::Limiter>,
+        jobs: Option<Arc<crate::jobs::Jobs>>,
     ) -> Self {
         let config = current.load().config.clone();
         let mut server_options = HttpServerOptions::default();
@@ -74,6 +78,7 @@ impl Gateway {
             connector: Connector::new(None),
             server_options,
             limiter,
+            jobs,
         }
     }
 
@@ -97,6 +102,17 @@ impl Gateway {
             return self.reject(session, log, &e).await;
         }
         let path = session.req_header().uri.path().to_owned();
+        if let (Some(jobs), Some(id)) = (&self.jobs, path.strip_prefix(jobs::JOBS_PATH)) {
+            // A job is its creator's: the key it was made with, if any.
+            let key = match caller::identify(&gen.config, &path, &session.req_header().headers) {
+                Ok(key) => key.map(|k| k.name.clone()),
+                Err(e) => return self.reject(session, log, &e).await,
+            };
+            if !session.is_body_empty() {
+                session.set_keepalive(None);
+            }
+            return self.job_api(session, log, jobs, key.as_deref(), id).await;
+        }
         if !gen.routes.path_matches(&path) {
             let keep = session.is_body_empty();
             let ok = self
@@ -262,7 +278,16 @@ impl Gateway {
                 .resume
                 .filter(|_| prepared.resumable)
                 .map(|r| r.max_resumes),
+            background: false,
         };
+        if let (Some(jobs), Some(_)) = (&self.jobs, route.jobs) {
+            if jobs::prefers_async(&up_req.headers) {
+                let key = caller.as_ref().map(|c| c.key.name.as_str());
+                return self
+                    .submit_job(session, log, jobs, route, key, &up_req, body.clone())
+                    .await;
+            }
+        }
         let reuse = self.attempt_loop(gen, session, log, request).await;
         if let (Some(c), Some(tokens)) = (&caller, log.completion_tokens) {
             self.limiter.add_tokens(&c.key.name, tokens);

@@ -56,6 +56,33 @@ pub async fn gateway_error(session: &mut ServerSession, err: &GatewayError) -> b
     session.write_response_body(body, true).await.is_ok()
 }
 
+/// Answer with a JSON document the gateway wrote (a job's state).
+pub async fn json(
+    session: &mut ServerSession,
+    status: u16,
+    value: &serde_json::Value,
+    extra: &[(&'static str, String)],
+) -> bool {
+    let body = Bytes::from(value.to_string());
+    let Ok(mut head) = ResponseHeader::build(status, Some(4 + extra.len())) else {
+        return false;
+    };
+    let mut ok = head
+        .insert_header("content-type", "application/json")
+        .is_ok()
+        && head
+            .insert_header("content-length", body.len().to_string())
+            .is_ok()
+        && head.insert_header("cache-control", "no-store").is_ok();
+    for (name, value) in extra {
+        ok &= head.insert_header(*name, value.as_str()).is_ok();
+    }
+    if !ok || session.write_response_header(Box::new(head)).await.is_err() {
+        return false;
+    }
+    session.write_response_body(body, true).await.is_ok()
+}
+
 /// Write a gateway error as raw HTTP/1.1 bytes and close the write side:
 /// for connections Pingora has no session for (a refused or malformed
 /// head, too many connections).

@@ -17,6 +17,7 @@ mod errors;
 mod forwarding;
 mod harness;
 mod health;
+mod jobs;
 mod leases;
 mod malformed;
 mod memory;

@@ -581,3 +581,36 @@ fn fallback_reasons() {
         }
     );
 }
+
+#[test]
+fn jobs_need_a_store_and_sane_limits() {
+    let jobs_route = format!("{MINIMAL}[route.jobs]\nenabled = true\n");
+    let p = problems(&jobs_route);
+    assert!(problem(&p, "route[0].jobs.enabled")
+        .message
+        .contains("needs a job store: add [jobs] with dir"));
+    let p = problems(&format!("[jobs]\nmax_queued = 0\n{jobs_route}"));
+    problem(&p, "jobs.dir");
+    let p = problems(&format!(
+        "[jobs]\ndir = \"/tmp/j\"\nmax_queued = 0\nworkers = 0\n{jobs_route}max_attempts = 0\nttl = \"0s\"\n"
+    ));
+    for key in [
+        "jobs.max_queued",
+        "jobs.workers",
+        "route[0].jobs.max_attempts",
+        "route[0].jobs.ttl",
+    ] {
+        problem(&p, key);
+    }
+    let c = parse("t.toml", &format!("[jobs]\ndir = \"/tmp/j\"\n{jobs_route}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let jobs = c.jobs.unwrap();
+    assert_eq!(
+        (jobs.max_queued, jobs.workers, jobs.max_result_bytes),
+        (10_000, 4, 1 << 20)
+    );
+    let policy = c.routes[0].jobs.unwrap();
+    assert_eq!(policy.max_attempts, 5);
+    assert_eq!(policy.ttl, secs(3600));
+    assert_eq!(policy.retention, secs(86_400));
+}

@@ -8,7 +8,10 @@ use super::{secs, span_of, Checker};
 use crate::config::model::{
     Fallback, FallbackOn, Priority, ResumeConfig, RetryConfig, RetryOn, RouteConfig, Timeouts,
 };
-use crate::config::raw::{Opt, RawPool, RawResume, RawRetry, RawRoute, RawTimeouts, StrOrInt};
+use crate::config::raw::{
+    Opt, RawPool, RawResume, RawRetry, RawRoute, RawRouteJobs, RawTimeouts, StrOrInt,
+};
+use crate::jobs::record::Policy;
 use crate::openai::continuation::Dialect;
 
 const RETRY_ON_HELP: &str = "connect_error, timeout, reset, 429, 500, 502, 503, 504";
@@ -230,6 +233,7 @@ impl Checker<'_> {
             .chain(fallback.iter().map(|f| f.pool))
             .collect();
         let resume = self.resume(i, raw.resume.as_ref(), openai, &chain, pools);
+        let jobs = raw.jobs.as_ref().and_then(|j| self.route_jobs(i, j));
         RouteConfig {
             name,
             path_prefix,
@@ -238,6 +242,7 @@ impl Checker<'_> {
             fallback,
             openai,
             resume,
+            jobs,
             max_tokens_limit,
             stream_include_usage: raw
                 .stream_include_usage
@@ -329,6 +334,22 @@ impl Checker<'_> {
             );
         }
         on
+    }
+
+    /// `[route.jobs]`: how the route's jobs are run and kept.
+    fn route_jobs(&mut self, i: usize, raw: &RawRouteJobs) -> Option<Policy> {
+        let key = |field: &str| format!("route[{i}].jobs.{field}");
+        let policy = Policy {
+            max_attempts: self.int(&raw.max_attempts, &key("max_attempts"), 5, 1, 100),
+            backoff: self.duration(&raw.backoff, &key("backoff"), secs(2), true),
+            backoff_max: self.duration(&raw.backoff_max, &key("backoff_max"), secs(300), true),
+            ttl: self.duration(&raw.ttl, &key("ttl"), secs(3600), true),
+            retention: self.duration(&raw.retention, &key("retention"), secs(86_400), true),
+        };
+        raw.enabled
+            .as_ref()
+            .is_some_and(|e| *e.get_ref())
+            .then_some(policy)
     }
 
     /// `[route.resume]`: on OpenAI routes whose pools can continue a stream.
