@@ -31,6 +31,20 @@ pub struct JobsSection {
     pub max_result_bytes: u64,
     /// Jobs run at once, at most.
     pub workers: u32,
+    /// Hosts (`host` or `host:port`) a job's callback may go to.
+    pub callback_hosts: Vec<String>,
+    /// The key callbacks are signed with (from `callback_secret_env`).
+    pub callback_secret: Option<Secret>,
+}
+
+/// A secret read from the environment: never shown by `Debug`.
+#[derive(Clone, PartialEq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

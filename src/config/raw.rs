@@ -51,6 +51,8 @@ pub(crate) struct RawJobs {
     pub max_queued: Opt<i64>,
     pub max_result_bytes: Opt<StrOrInt>,
     pub workers: Opt<i64>,
+    pub callback_hosts: Option<Vec<Spanned<String>>>,
+    pub callback_secret_env: Opt<String>,
 }
 
 /// `[route.jobs]`: the route takes `Prefer: respond-async` requests as jobs.

@@ -151,7 +151,47 @@ impl Checker<'_> {
                 return None;
             }
         };
+        let callback_hosts: Vec<String> = raw
+            .callback_hosts
+            .iter()
+            .flatten()
+            .filter_map(|h| {
+                let host = h.get_ref().trim().to_ascii_lowercase();
+                if host.is_empty() || host.contains('/') || host.contains('@') {
+                    self.report(
+                        Some(h.span()),
+                        "jobs.callback_hosts",
+                        format!("'{}' is not a host or host:port", h.get_ref()),
+                    );
+                    return None;
+                }
+                Some(host)
+            })
+            .collect();
+        let callback_secret = raw.callback_secret_env.as_ref().and_then(|v| {
+            let var = v.get_ref().trim();
+            match std::env::var(var) {
+                Ok(secret) if !secret.is_empty() => Some(super::model::Secret(secret)),
+                _ => {
+                    self.report(
+                        Some(v.span()),
+                        "jobs.callback_secret_env",
+                        format!("environment variable `{var}` is not set (or empty)"),
+                    );
+                    None
+                }
+            }
+        });
+        if !callback_hosts.is_empty() && raw.callback_secret_env.is_none() {
+            self.report(
+                None,
+                "jobs.callback_secret_env",
+                "callbacks are signed: name the environment variable holding the secret",
+            );
+        }
         Some(JobsSection {
+            callback_hosts,
+            callback_secret,
             dir,
             max_queued: u64::from(self.int(
                 &raw.max_queued,

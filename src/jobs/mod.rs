@@ -7,6 +7,7 @@
 //! (what the runner schedules from); `record` decides, `store` persists,
 //! the gateway runs them (`proxy::jobs`).
 
+pub mod callback;
 pub mod record;
 pub mod store;
 
@@ -45,6 +46,8 @@ pub struct Jobs {
     running: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// Something changed: a job was added or capacity may be free.
     pub wake: Notify,
+    /// Finished jobs whose callback is to be delivered.
+    callbacks: Mutex<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -72,7 +75,11 @@ impl Jobs {
         let store = Arc::new(Store::open(&config.dir)?);
         let now = now_ms();
         let mut live = HashMap::new();
+        let mut callbacks = Vec::new();
         for mut job in store.all()? {
+            if job.callback_due() {
+                callbacks.push(job.id.clone());
+            }
             if job.state == State::Running {
                 job.recover(now);
                 store.update(&job, None)?;
@@ -88,6 +95,7 @@ impl Jobs {
             live: Mutex::new(live),
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            callbacks: Mutex::new(callbacks),
         });
         jobs.count();
         Ok(jobs)
@@ -154,6 +162,9 @@ impl Jobs {
             let stored = job.clone();
             blocking(move || store.update(&stored, None)).await?;
             metrics::job_done(&job.route, "cancelled");
+            if job.callback_due() {
+                lock(&self.callbacks).push(job.id.clone());
+            }
             self.count();
             return Ok(Some(job));
         }
@@ -219,6 +230,10 @@ impl Jobs {
         if job.state != State::Running {
             lock(&self.running).remove(&job.id);
         }
+        // Its first delivery (later ones are the delivery task's own).
+        if job.callback_due() && job.callback.as_ref().is_some_and(|c| c.attempts == 0) {
+            lock(&self.callbacks).push(job.id.clone());
+        }
         {
             let mut live = lock(&self.live);
             if job.state.finished() {
@@ -229,6 +244,18 @@ impl Jobs {
         }
         self.count();
         Ok(())
+    }
+
+    /// Finished jobs whose callbacks are to be delivered now.
+    pub fn take_callbacks(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.callbacks))
+    }
+
+    /// Record how a callback went (the job is finished).
+    pub async fn save_callback(&self, job: &Job) -> Result<()> {
+        let store = self.store.clone();
+        let stored = job.clone();
+        blocking(move || store.update(&stored, None)).await
     }
 
     /// The request body of a job that is to run.

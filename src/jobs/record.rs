@@ -80,6 +80,28 @@ pub struct Job {
     pub next_ms: u64,
     pub response: Option<Response>,
     pub error: Option<Problem>,
+    /// Where the finished job is POSTed, and how that went.
+    #[serde(default)]
+    pub callback: Option<Callback>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Callback {
+    pub url: String,
+    pub attempts: u32,
+    pub delivered: bool,
+    pub last_error: Option<String>,
+}
+
+impl Job {
+    /// Finished, with a callback still to deliver.
+    pub fn callback_due(&self) -> bool {
+        self.state.finished()
+            && self
+                .callback
+                .as_ref()
+                .is_some_and(|c| !c.delivered && c.attempts < super::callback::ATTEMPTS)
+    }
 }
 
 /// How a job's route treats it (`[route.jobs]`).
@@ -263,6 +285,7 @@ mod tests {
             next_ms: 1_000,
             response: None,
             error: None,
+            callback: None,
         }
     }
 

@@ -151,6 +151,7 @@ mod tests {
             next_ms: 1,
             response: None,
             error: None,
+            callback: None,
         }
     }
 

@@ -9,7 +9,8 @@ use super::Gateway;
 use crate::config::{Priority, RouteConfig};
 use crate::error::GatewayError;
 use crate::generation::Generation;
-use crate::jobs::record::{Job, Policy, Problem, Response, RunEnd, State};
+use crate::jobs::callback;
+use crate::jobs::record::{Callback, Job, Policy, Problem, Response, RunEnd, State};
 use crate::jobs::{new_id, now_ms, Jobs, SubmitError};
 use crate::metrics;
 use bytes::Bytes;
@@ -90,7 +91,50 @@ pub fn view(job: &Job, result: Option<&[u8]>) -> serde_json::Value {
     if let Some(e) = &job.error {
         v["error"] = serde_json::json!({"code": e.code, "message": e.message});
     }
+    if let Some(c) = &job.callback {
+        v["callback"] = serde_json::json!({
+            "url": c.url, "attempts": c.attempts, "delivered": c.delivered, "last_error": c.last_error,
+        });
+    }
     v
+}
+
+/// Deliver a finished job's callback, retried with backoff; each attempt
+/// is recorded on the job.
+async fn deliver_callback(jobs: Arc<Jobs>, client: reqwest::Client, id: String) {
+    let Some(secret) = jobs.config.callback_secret.clone() else {
+        return;
+    };
+    let mut wait = callback::FIRST_WAIT;
+    loop {
+        let Ok(Some((mut job, result))) = jobs.get(&id).await else {
+            return;
+        };
+        let Some(cb) = job.callback.clone().filter(|_| job.callback_due()) else {
+            return;
+        };
+        let body = view(&job, result.as_deref()).to_string().into_bytes();
+        let outcome = callback::deliver(&client, &cb.url, &job.id, body, secret.0.as_bytes()).await;
+        if let Some(c) = job.callback.as_mut() {
+            c.attempts += 1;
+            c.delivered = outcome.is_ok();
+            c.last_error = outcome.as_ref().err().cloned();
+        }
+        match &outcome {
+            Ok(()) => tracing::debug!(job = %job.id, "callback delivered"),
+            Err(why) => {
+                tracing::info!(job = %job.id, attempt = cb.attempts + 1, why = %why, "callback not delivered")
+            }
+        }
+        if let Err(e) = jobs.save_callback(&job).await {
+            tracing::error!(error = %format!("{e:#}"), "a callback's outcome could not be stored");
+        }
+        if !job.callback_due() {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+    }
 }
 
 /// The route's job policy, by the route's name; a removed route's jobs
@@ -113,6 +157,27 @@ impl Gateway {
         up_req: &RequestHeader,
         body: Bytes,
     ) -> bool {
+        // A callback only to the hosts allowed: refused before anything is stored.
+        let callback = match up_req.headers.get(callback::HEADER) {
+            None => None,
+            Some(v) => {
+                let url = v.to_str().unwrap_or("").trim();
+                if let Err(why) = callback::allowed(url, &jobs.config.callback_hosts) {
+                    let err = GatewayError::new(
+                        400,
+                        "callback_not_allowed",
+                        format!("the callback URL cannot be used: {why}"),
+                    );
+                    return self.reply(session, log, &err).await;
+                }
+                Some(Callback {
+                    url: url.to_owned(),
+                    attempts: 0,
+                    delivered: false,
+                    last_error: None,
+                })
+            }
+        };
         // A job is answered whole: a stream is run as `stream: false`.
         let body = crate::openai::without_stream(&body).map_or(body, Bytes::from);
         let now = now_ms();
@@ -122,7 +187,7 @@ impl Gateway {
             .filter(|(n, _)| {
                 !matches!(
                     n.as_str(),
-                    "content-length" | "transfer-encoding" | "prefer" | "expect"
+                    "content-length" | "transfer-encoding" | "prefer" | "expect" | callback::HEADER
                 )
             })
             .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
@@ -147,6 +212,7 @@ impl Gateway {
             next_ms: now,
             response: None,
             error: None,
+            callback,
         };
         match jobs.submit(job.clone(), body).await {
             Ok(()) => {
@@ -424,7 +490,15 @@ impl Gateway {
 /// is free and its route's pool has a slot nobody waits for.
 pub async fn run_jobs(gateway: Arc<Gateway>, jobs: Arc<Jobs>) {
     let mut next_sweep = Instant::now();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default();
     loop {
+        for id in jobs.take_callbacks() {
+            tokio::spawn(deliver_callback(jobs.clone(), client.clone(), id));
+        }
         let gen = gateway.generation();
         let now = now_ms();
         let default = Policy {

@@ -333,3 +333,222 @@ async fn no_accepted_job_is_lost_when_the_gateway_is_killed() {
     // Every job reached the backend; the interrupted one twice.
     assert_eq!(a.stats().requests, 7);
 }
+
+/// A one-shot HTTP receiver for callbacks: each request's head and body.
+async fn receiver() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, body) = loop {
+                    let n = conn.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break (head, buf[end + 4..end + 4 + len].to_vec());
+                    }
+                };
+                let _ = conn
+                    .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                    .await;
+                let _ = tx.send((head, body));
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_is_posted_signed_to_an_allowed_host_only() {
+    use hmac::{Hmac, Mac};
+    let a = sim("a").await;
+    let (hook, mut received) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "callback-secret-for-tests";
+    let gw = Gateway::start_env(
+        &format!(
+            "[jobs]\ndir = \"{}\"\ncallback_hosts = [\"{hook}\"]\ncallback_secret_env = \"BALLAST_TEST_CALLBACK_SECRET\"\n{}{}",
+            dir.path().display(),
+            pool_toml("p", &[a.addr().to_string()], ""),
+            route_toml("chat", "/v1/", "p", "openai = true\n[route.jobs]\nenabled = true")
+        ),
+        &[("BALLAST_TEST_CALLBACK_SECRET", secret)],
+    )
+    .await;
+
+    // A host not in the list is refused at submission: nothing stored or run.
+    for url in [
+        format!("http://127.0.0.1:{}/x", hook.port() + 1),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+        "file:///etc/passwd".to_owned(),
+    ] {
+        let r = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .header("prefer", "respond-async")
+            .header("ballast-callback-url", url.as_str())
+            .body(ASK)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{url}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "callback_not_allowed");
+    }
+    assert_eq!(a.stats().requests, 0);
+
+    let r = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .header("prefer", "respond-async")
+        .header("ballast-callback-url", format!("http://{hook}/done"))
+        .body(ASK)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (head, body) = tokio::time::timeout(Duration::from_secs(20), received.recv())
+        .await
+        .expect("the callback came")
+        .unwrap();
+    assert!(head.starts_with("post /done "), "{head}");
+    assert!(head.contains(&format!("ballast-job-id: {id}")), "{head}");
+    let sig = head
+        .lines()
+        .find_map(|l| l.strip_prefix("ballast-signature:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (t, v1) = sig.split_once(',').unwrap();
+    let t = t.strip_prefix("t=").unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&body);
+    let want: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(v1.strip_prefix("v1=").unwrap(), want, "a valid signature");
+    let posted: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(posted["id"], id.as_str());
+    assert_eq!(posted["status"], "succeeded");
+    assert_eq!(posted["response"]["status"], 200);
+    // The job says it was delivered; the secret is in no log line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = job(&gw, &id).await;
+        if v["callback"]["delivered"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!gw.log().contains(secret));
+    let sent: serde_json::Value = serde_json::from_str(&a.stats().log[0].body_text).unwrap();
+    assert_eq!(sent["model"], "sim-model");
+    assert!(
+        !a.stats().log[0]
+            .headers
+            .iter()
+            .any(|(n, _)| n == "ballast-callback-url"),
+        "the callback URL is the gateway's, not the backend's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_made_with_a_key_is_that_keys_only() {
+    let a = sim("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let digest = |k: &str| {
+        use sha2::Digest;
+        sha2::Sha256::digest(k.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    std::fs::write(
+        &keys,
+        format!(
+            "[[key]]\nname = \"alice\"\nsha256 = \"{}\"\n[[key]]\nname = \"bob\"\nsha256 = \"{}\"\n",
+            digest("sk-alice"),
+            digest("sk-bob")
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start(&format!(
+        "[auth]\nkeys_file = \"{}\"\n[jobs]\ndir = \"{}\"\n{}{}",
+        keys.display(),
+        dir.path().join("store").display(),
+        pool_toml("p", &[a.addr().to_string()], ""),
+        route_toml(
+            "chat",
+            "/v1/",
+            "p",
+            "openai = true\nrequire_key = true\n[route.jobs]\nenabled = true"
+        )
+    ))
+    .await;
+    let r = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("sk-alice")
+        .header("prefer", "respond-async")
+        .body(ASK)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let get = |key: Option<&'static str>| {
+        let mut req = gw.client.get(gw.url(&format!("/v1/jobs/{id}")));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req.send()
+    };
+    assert_eq!(get(Some("sk-alice")).await.unwrap().status(), 200);
+    assert_eq!(
+        get(Some("sk-bob")).await.unwrap().status(),
+        404,
+        "another key's job"
+    );
+    assert_eq!(get(None).await.unwrap().status(), 401);
+    let r = gw
+        .client
+        .delete(gw.url(&format!("/v1/jobs/{id}")))
+        .bearer_auth("sk-bob")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "nor can it cancel it");
+}

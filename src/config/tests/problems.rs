@@ -614,3 +614,38 @@ fn jobs_need_a_store_and_sane_limits() {
     assert_eq!(policy.ttl, secs(3600));
     assert_eq!(policy.retention, secs(86_400));
 }
+
+#[test]
+fn callbacks_need_a_secret_and_plain_hosts() {
+    let base = "[jobs]\ndir = \"/tmp/j\"\n";
+    let p = problems(&format!(
+        "{base}callback_hosts = [\"hooks.example.com\"]\n{MINIMAL}"
+    ));
+    assert!(problem(&p, "jobs.callback_secret_env")
+        .message
+        .contains("name the environment variable"));
+    let p = problems(&format!(
+        "{base}callback_hosts = [\"https://x/y\", \"u@h\"]\ncallback_secret_env = \"BALLAST_NO_SUCH_VAR_X\"\n{MINIMAL}"
+    ));
+    assert_eq!(
+        p.iter().filter(|p| p.key == "jobs.callback_hosts").count(),
+        2,
+        "{p:#?}"
+    );
+    assert!(problem(&p, "jobs.callback_secret_env")
+        .message
+        .contains("`BALLAST_NO_SUCH_VAR_X` is not set"));
+    // The secret is never shown.
+    std::env::set_var("BALLAST_TEST_CB_SECRET", "s3cr3t-value");
+    let c = parse(
+        "t.toml",
+        &format!("{base}callback_hosts = [\"Hooks.Example.com:8443\"]\ncallback_secret_env = \"BALLAST_TEST_CB_SECRET\"\n{MINIMAL}"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let jobs = c.jobs.unwrap();
+    assert_eq!(
+        jobs.callback_hosts,
+        vec!["hooks.example.com:8443".to_owned()]
+    );
+    assert!(!format!("{jobs:?}").contains("s3cr3t"));
+}
