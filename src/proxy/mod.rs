@@ -281,7 +281,8 @@ impl Gateway {
             background: false,
         };
         if let (Some(jobs), Some(_)) = (&self.jobs, route.jobs) {
-            if jobs::prefers_async(&up_req.headers) {
+            // An upgrade is a conversation, never a job.
+            if upgrade.is_none() && jobs::prefers_async(&up_req.headers) {
                 let key = caller.as_ref().map(|c| c.key.name.as_str());
                 return self
                     .submit_job(session, log, jobs, route, key, &up_req, body.clone())
