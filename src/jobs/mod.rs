@@ -214,6 +214,18 @@ impl Jobs {
             .collect()
     }
 
+    /// Put back a job taken but not started (its start could not be
+    /// stored): it is due again at `at`.
+    pub fn requeue(&self, id: &str, at: u64) {
+        lock(&self.running).remove(id);
+        if let Some(job) = lock(&self.live).get_mut(id) {
+            job.state = State::Queued;
+            job.started = job.started.saturating_sub(1);
+            job.next_ms = at;
+        }
+        self.count();
+    }
+
     /// A watch a running job's attempt stops on (its cancellation).
     pub fn abort_watch(&self, id: &str) -> watch::Receiver<bool> {
         let (tx, rx) = watch::channel(false);
@@ -293,5 +305,85 @@ impl Jobs {
     /// Jobs running now.
     pub fn running(&self) -> usize {
         lock(&self.running).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &std::path::Path) -> JobsSection {
+        JobsSection {
+            dir: dir.to_path_buf(),
+            max_queued: 2,
+            max_result_bytes: 1024,
+            workers: 1,
+            callback_hosts: vec![],
+            callback_secret: None,
+        }
+    }
+
+    fn job(id: &str, now: u64) -> Job {
+        Job {
+            id: id.into(),
+            route: "r".into(),
+            key: None,
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            headers: vec![],
+            state: State::Queued,
+            attempts: 0,
+            started: 0,
+            created_ms: now,
+            started_ms: None,
+            finished_ms: None,
+            next_ms: now,
+            response: None,
+            error: None,
+            callback: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_schedule_survives_a_restart_and_a_failed_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_ms();
+        {
+            let jobs = Jobs::open(&cfg(dir.path())).unwrap();
+            jobs.submit(job("job_a", now), bytes::Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+            jobs.submit(job("job_b", now + 1), bytes::Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+            assert!(matches!(
+                jobs.submit(job("job_c", now), bytes::Bytes::new()).await,
+                Err(SubmitError::Full)
+            ));
+            // The oldest first; a start that could not be stored puts it back.
+            let a = jobs.take_due(now + 5, |_| true).unwrap();
+            assert_eq!((a.id.as_str(), a.started), ("job_a", 1));
+            jobs.requeue("job_a", now + 1_000);
+            assert_eq!(jobs.take_due(now + 5, |_| true).unwrap().id, "job_b");
+            let a = jobs.take_due(now + 1_000, |_| true).unwrap();
+            assert_eq!((a.id.as_str(), a.started), ("job_a", 1));
+            // Its start is stored; then the gateway "dies".
+            jobs.save(a, None).await.unwrap();
+        }
+        let jobs = Jobs::open(&cfg(dir.path())).unwrap();
+        let (a, _) = jobs.get("job_a").await.unwrap().unwrap();
+        assert_eq!(
+            (a.state, a.started),
+            (State::Queued, 1),
+            "queued again, its start counted"
+        );
+        assert_eq!(
+            jobs.body("job_a").await.unwrap().as_deref(),
+            Some(&b"{}"[..])
+        );
+        assert!(
+            jobs.get("job_c").await.unwrap().is_none(),
+            "a refused job was never stored"
+        );
     }
 }

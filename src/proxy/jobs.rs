@@ -565,6 +565,8 @@ pub async fn run_jobs(gateway: Arc<Gateway>, jobs: Arc<Jobs>) {
             // Its start is on disk before it runs (at-least-once, counted).
             if let Err(e) = jobs.save(job.clone(), None).await {
                 tracing::error!(error = %format!("{e:#}"), "a job's start could not be stored");
+                // It stays queued and is tried again later.
+                jobs.requeue(&job.id, now + 1000);
                 continue;
             }
             if job.started == 1 {
