@@ -124,12 +124,13 @@ async fn a_key_that_cannot_be_a_header_stops_start_up_without_showing_it() {
     let a = sim("a").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ballast.toml");
+    let [admin, listen] = free_ports::<2>();
     std::fs::write(
         &path,
         format!(
             "[admin]\nlisten = \"127.0.0.1:{}\"\n[server]\nlisten = [\"127.0.0.1:{}\"]\n{}{}",
-            free_port(),
-            free_port(),
+            admin,
+            listen,
             pool_toml(
                 "p",
                 &[a.addr().to_string()],

@@ -16,6 +16,14 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// `N` distinct free ports: bound together, then released.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("local addr").port())
+}
+
 /// The address of a server that is down: a privileged port below the
 /// ephemeral range, which no backend or gateway of the test run ever binds
 /// (they take ephemeral ports), so it stays refused for the whole test. A
@@ -133,8 +141,11 @@ impl Gateway {
     }
 
     fn spawn(server_extra: &str, body: &str, env: &[(&str, &str)], nofile: Option<u64>) -> Gateway {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // Both bound at once, so they differ (one freed port may come back
+        // at once from the next bind).
+        let [port, admin_port] = free_ports::<2>();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
         // A test may bring its own [log] section.
         let log = if body.contains("[log]") {
             ""
