@@ -552,3 +552,46 @@ async fn a_job_made_with_a_key_is_that_keys_only() {
         .unwrap();
     assert_eq!(r.status(), 404, "nor can it cancel it");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_running_job_aborts_its_attempt() {
+    let a = sim("a").await;
+    a.set_fault(latency(Duration::from_secs(10)));
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&config(dir.path(), &[a.addr().to_string()], "", "")).await;
+    let id = submit(&gw, ASK).await;
+    wait_until("the job is at the backend", || a.stats().in_flight == 1).await;
+    assert_eq!(job(&gw, &id).await.1["status"], "running");
+    let r = gw
+        .client
+        .delete(gw.url(&format!("/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "cancelled", "{v}");
+    // The backend saw its client leave: the attempt's connection was closed.
+    wait_until("the backend saw the abort", || {
+        a.stats().disconnects_mid_response == 1
+    })
+    .await;
+    assert_eq!(a.stats().in_flight, 0);
+    gw.wait_metric(
+        "ballast_jobs_total",
+        &[("route", "chat"), ("result", "cancelled")],
+        1.0,
+    )
+    .await;
+    // A finished job stays as it is.
+    let r = gw
+        .client
+        .delete(gw.url(&format!("/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["status"],
+        "cancelled"
+    );
+}
