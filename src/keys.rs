@@ -100,12 +100,14 @@ pub fn presented(headers: &http::HeaderMap) -> Presented<'_> {
     }
 }
 
+/// Bytes in lowercase hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The SHA-256 of a key, in lowercase hex (what the key file holds).
 pub fn hash_hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    to_hex(&Sha256::digest(key.as_bytes()))
 }
 
 /// A new random key: `sk-ballast-` and 32 random bytes in hex.
@@ -113,8 +115,7 @@ pub fn generate() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sk-ballast-{hex}")
+    format!("sk-ballast-{}", to_hex(&bytes))
 }
 
 impl KeySet {

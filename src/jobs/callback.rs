@@ -54,12 +54,7 @@ pub fn sign(secret: &[u8], t: u64, body: &[u8]) -> String {
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = crate::keys::to_hex(&mac.finalize().into_bytes());
     format!("t={t},v1={hex}")
 }
 

@@ -32,9 +32,9 @@ pub fn now_ms() -> u64 {
 pub fn new_id() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("job_{hex}")
+    // From the OS, as client keys are.
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("job_{}", crate::keys::to_hex(&bytes))
 }
 
 pub struct Jobs {

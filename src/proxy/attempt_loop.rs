@@ -171,16 +171,17 @@ impl Gateway {
                         })
                         .map(|f| (f.pool, f.model.as_deref())),
                 )
-                .collect::<Vec<_>>()
         };
-        let mut steps = chain(false);
+        // Which chain is being walked (nothing is allocated per request).
+        let mut context_length = false;
         // A prompt too long for the model moves once, to the fallbacks
         // declared for it; their answer (or failure) is the last word.
-        let may_move = matches!(shape, Shape::Original) && !chain(true).is_empty();
+        let may_move =
+            matches!(shape, Shape::Original) && route.fallback.iter().any(|f| f.on.context_length);
         let mut too_long: Option<(Box<Held>, &Pool)> = None;
         let mut verdict = None;
         let mut k = 0;
-        while let Some(&(pool_idx, model)) = steps.get(k) {
+        while let Some((pool_idx, model)) = chain(context_length).nth(k) {
             k += 1;
             let pool = &gen.pools[pool_idx];
             let Some((head, body)) = shaped(route, pool, req, model, shape) else {
@@ -213,7 +214,7 @@ impl Gateway {
                     tracing::debug!(route = %route.name, pool = %pool.name, "prompt too long for the model; moving to a longer context");
                     metrics::context_fallback(&route.name);
                     too_long = Some((held, pool));
-                    steps = chain(true);
+                    context_length = true;
                     k = 0;
                 }
             }
