@@ -177,17 +177,56 @@ async fn jobs_wait_for_slots_interactive_requests_leave_free() {
     };
     wait_until("the stream holds the slot", || a.stats().in_flight == 1).await;
     let id = submit(&gw, ASK).await;
-    let (_, v) = job(&gw, &id).await;
-    assert_eq!(v["status"], "queued", "{v}");
+    // Over several runner rounds (100 ms each) the job stays queued and out
+    // of the pool's queue: it waits for a free slot, not in line for one.
+    let watch_until = std::time::Instant::now() + Duration::from_millis(300);
+    while std::time::Instant::now() < watch_until {
+        let (_, v) = job(&gw, &id).await;
+        assert_eq!(v["status"], "queued", "{v}");
+        assert_eq!(
+            gw.metric("ballast_queue_depth", &[("pool", "p")]).await,
+            0.0
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An interactive request arriving now waits in the pool's queue, and
+    // gets the slot before the job that was submitted earlier.
+    let second = {
+        let client = gw.client.clone();
+        let url = gw.url("/v1/chat/completions");
+        tokio::spawn(async move {
+            let body = ASK.replace("\"max_tokens\":5", "\"max_tokens\":3");
+            client
+                .post(url)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    gw.wait_metric("ballast_queue_depth", &[("pool", "p")], 1.0)
+        .await;
     let text = interactive.await.unwrap();
     assert!(text.contains("[DONE]"));
+    assert_eq!(second.await.unwrap(), 200);
     let done = wait_status(&gw, &id, "succeeded").await;
     let log = a.stats().log;
-    assert_eq!(log.len(), 2);
+    assert_eq!(log.len(), 3);
     assert!(
         log[1].at_ms >= log[0].at_ms + 450,
-        "the job ran beside the stream: {log:?}"
+        "served beside the stream: {log:?}"
     );
+    let max_tokens = |i: usize| {
+        serde_json::from_str::<serde_json::Value>(&log[i].body_text).unwrap()["max_tokens"].clone()
+    };
+    assert_eq!(
+        max_tokens(1),
+        3,
+        "the interactive request got the slot first: {log:?}"
+    );
+    assert_eq!(max_tokens(2), 5, "the job came last: {log:?}");
     assert_eq!(done["attempts"], 1, "waiting for a slot is not an attempt");
 }
 
