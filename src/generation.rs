@@ -264,6 +264,8 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
     keep!(limits.keepalive_idle, "limits.keepalive_idle");
     keep!(limits.max_buffered_bytes, "limits.max_buffered_bytes");
     keep!(ratelimit, "ratelimit");
+    keep!(jobs, "jobs");
+    keep!(amqp, "amqp");
     kept
 }
 

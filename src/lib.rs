@@ -5,6 +5,7 @@
 //! acts.
 
 pub mod admin;
+pub mod amqp;
 pub mod body;
 pub mod config;
 pub mod demo;

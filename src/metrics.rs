@@ -409,6 +409,75 @@ pub fn job_run(route: &str, seconds: f64) {
     JOB_RUN.with_label_values(&[route]).observe(seconds);
 }
 
+static AMQP_CONNECTED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "ballast_amqp_connected",
+        "1 while an [[amqp]] consumer is connected to its broker and consuming, else 0",
+        &["consumer"]
+    )
+    .expect("metric ballast_amqp_connected registers")
+});
+
+static AMQP_PREFETCH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "ballast_amqp_prefetch",
+        "Messages an [[amqp]] consumer lets the broker send it unacknowledged (basic.qos), \
+         following free backend slots",
+        &["consumer"]
+    )
+    .expect("metric ballast_amqp_prefetch registers")
+});
+
+static AMQP_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_amqp_messages_total",
+        "Messages an [[amqp]] consumer settled: succeeded (replied, acked), refused (the \
+         backend's 4xx replied and dead-lettered), failed (retries spent or no answer: \
+         dead-lettered), invalid (not a request: dead-lettered)",
+        &["consumer", "result"]
+    )
+    .expect("metric ballast_amqp_messages_total registers")
+});
+
+static AMQP_DISCONNECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ballast_amqp_disconnects_total",
+        "Times an [[amqp]] consumer lost (or could not make) its broker connection",
+        &["consumer"]
+    )
+    .expect("metric ballast_amqp_disconnects_total registers")
+});
+
+/// A consumer's series, at zero from the start.
+pub fn register_amqp(consumer: &str) {
+    AMQP_CONNECTED.with_label_values(&[consumer]).set(0);
+    AMQP_PREFETCH.with_label_values(&[consumer]).set(0);
+    AMQP_DISCONNECTS.with_label_values(&[consumer]);
+    for result in ["succeeded", "refused", "failed", "invalid"] {
+        AMQP_MESSAGES.with_label_values(&[consumer, result]);
+    }
+}
+
+/// `lost`: the connection went (or could not be made).
+pub fn amqp_connected(consumer: &str, connected: bool, lost: bool) {
+    AMQP_CONNECTED
+        .with_label_values(&[consumer])
+        .set(i64::from(connected));
+    if lost {
+        AMQP_DISCONNECTS.with_label_values(&[consumer]).inc();
+    }
+}
+
+pub fn amqp_prefetch(consumer: &str, window: u16) {
+    AMQP_PREFETCH
+        .with_label_values(&[consumer])
+        .set(i64::from(window));
+}
+
+pub fn amqp_message(consumer: &str, result: &str) {
+    AMQP_MESSAGES.with_label_values(&[consumer, result]).inc();
+}
+
 pub fn context_fallback(route: &str) {
     CONTEXT_FALLBACKS.with_label_values(&[route]).inc();
 }

@@ -285,9 +285,20 @@ pub fn run(path: &std::path::Path, mut config: Config, upgrade: bool) -> anyhow:
         gateway.add_tcp_with_settings(addr, client_socket_options());
     }
 
+    let consumers: Vec<_> = config
+        .amqp
+        .iter()
+        .map(|c| (c.clone(), crate::amqp::State::new(c)))
+        .collect();
+    let states = consumers.iter().map(|(_, s)| s.clone()).collect();
     let mut admin = Service::new(
         "ballast admin".to_string(),
-        HttpServer::new_app(Admin::new(reloader.clone(), drain.clone(), cert_expires)),
+        HttpServer::new_app(Admin::new(
+            reloader.clone(),
+            drain.clone(),
+            cert_expires,
+            states,
+        )),
     );
     admin.threads = Some(1);
     admin.add_tcp(&config.admin.listen);
@@ -316,9 +327,27 @@ pub fn run(path: &std::path::Path, mut config: Config, upgrade: bool) -> anyhow:
     server.add_service(admin);
     server.add_service(prober);
     if let Some(jobs) = jobs {
-        let mut runner = background_service("ballast jobs", JobRunner { app, jobs });
+        let mut runner = background_service(
+            "ballast jobs",
+            JobRunner {
+                app: app.clone(),
+                jobs,
+            },
+        );
         runner.threads = Some(1);
         server.add_service(runner);
+    }
+    if !consumers.is_empty() {
+        let mut amqp = background_service(
+            "ballast amqp consumers",
+            AmqpConsumers {
+                app: app.clone(),
+                drain: drain.clone(),
+                consumers,
+            },
+        );
+        amqp.threads = Some(1);
+        server.add_service(amqp);
     }
     tracing::info!(
         listen = ?config.server.listen,
@@ -348,6 +377,33 @@ impl BackgroundService for JobRunner {
     async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
         tokio::select! {
             _ = crate::proxy::jobs::run_jobs(self.app.clone(), self.jobs.clone()) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Consumes each `[[amqp]]` queue until the gateway stops (a drain lets the
+/// messages in hand finish first).
+struct AmqpConsumers {
+    app: Arc<Gateway>,
+    drain: Arc<crate::drain::Drain>,
+    consumers: Vec<(crate::config::AmqpConsumer, Arc<crate::amqp::State>)>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for AmqpConsumers {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        let mut all = tokio::task::JoinSet::new();
+        for (cfg, state) in &self.consumers {
+            all.spawn(crate::amqp::run(
+                self.app.clone(),
+                self.drain.clone(),
+                cfg.clone(),
+                state.clone(),
+            ));
+        }
+        tokio::select! {
+            _ = all.join_all() => {}
             _ = shutdown.changed() => {}
         }
     }

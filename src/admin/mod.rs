@@ -27,11 +27,19 @@ pub struct Admin {
     cert_expires: Option<i64>,
     started: Instant,
     started_at: String,
+    /// `[[amqp]]` consumers' connections.
+    amqp: Vec<Arc<crate::amqp::State>>,
 }
 
 impl Admin {
-    pub fn new(reloader: Arc<Reloader>, drain: Arc<Drain>, cert_expires: Option<i64>) -> Self {
+    pub fn new(
+        reloader: Arc<Reloader>,
+        drain: Arc<Drain>,
+        cert_expires: Option<i64>,
+        amqp: Vec<Arc<crate::amqp::State>>,
+    ) -> Self {
         Admin {
+            amqp,
             drain,
             current: reloader.current().clone(),
             reloader,
@@ -99,6 +107,7 @@ impl Admin {
             "unready_routes": Admin::unready_routes(&gen, now),
             "tls": self.tls_json(&gen),
             "keys": gen.config.auth.as_ref().map(|a| a.keys.status()),
+            "amqp": self.amqp.iter().map(|a| a.json(now)).collect::<Vec<_>>(),
         })
     }
 
@@ -173,13 +182,24 @@ impl ServeHttp for Admin {
             "/readyz" => {
                 let gen = self.current.load_full();
                 let unready = Admin::unready_routes(&gen, now);
+                // A consumer without its broker is reported, but HTTP
+                // traffic is still served: readiness stays with the routes.
+                let amqp: String = self
+                    .amqp
+                    .iter()
+                    .filter_map(|a| a.problem(now))
+                    .map(|p| p + "\n")
+                    .collect();
                 if unready.is_empty() {
-                    respond(200, "text/plain", "ready\n".into())
+                    respond(200, "text/plain", format!("ready\n{amqp}"))
                 } else {
                     respond(
                         503,
                         "text/plain",
-                        format!("no usable server for routes: {}\n", unready.join(", ")),
+                        format!(
+                            "no usable server for routes: {}\n{amqp}",
+                            unready.join(", ")
+                        ),
                     )
                 }
             }

@@ -19,6 +19,34 @@ pub struct Config {
     pub ratelimit: RateLimitSection,
     /// The job store (`[jobs]`), when any route takes jobs.
     pub jobs: Option<JobsSection>,
+    /// RabbitMQ queues consumed as requests (`[[amqp]]`).
+    pub amqp: Vec<AmqpConsumer>,
+}
+
+/// `[[amqp]]` (read at start: a change needs a restart).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmqpConsumer {
+    /// Names it in metrics, logs and `/readyz` (default: the queue).
+    pub name: String,
+    /// `amqp://` or `amqps://`, with credentials: never logged.
+    pub url: Secret,
+    /// The broker's `host:port/vhost`, for logs (no credentials).
+    pub broker: String,
+    pub queue: String,
+    /// The path of a message that names none.
+    pub path: String,
+    /// Declare the queue, the dead-letter exchange and its queue (else:
+    /// check that they exist).
+    pub declare: bool,
+    pub dead_letter_exchange: String,
+    /// Messages held at once, at most; the window follows free backend
+    /// slots below it.
+    pub prefetch: u16,
+    /// A longer answer is not sent back: the message fails.
+    pub max_reply_bytes: u64,
+    /// Attempts for transient failures (`ttl` and `retention` do not apply:
+    /// a message waits in RabbitMQ, and the reply is the result).
+    pub policy: crate::jobs::record::Policy,
 }
 
 /// `[jobs]` (read at start: a change needs a restart).

@@ -41,6 +41,26 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub ratelimit: RawRateLimit,
     pub jobs: Option<RawJobs>,
+    #[serde(default)]
+    pub amqp: Vec<Spanned<RawAmqp>>,
+}
+
+/// `[[amqp]]`: a RabbitMQ queue whose messages are requests.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAmqp {
+    pub name: Opt<String>,
+    pub url: Opt<String>,
+    pub url_env: Opt<String>,
+    pub queue: Opt<String>,
+    pub path: Opt<String>,
+    pub declare: Opt<bool>,
+    pub dead_letter_exchange: Opt<String>,
+    pub prefetch: Opt<i64>,
+    pub max_reply_bytes: Opt<StrOrInt>,
+    pub max_attempts: Opt<i64>,
+    pub backoff: Opt<String>,
+    pub backoff_max: Opt<String>,
 }
 
 /// `[jobs]`: the durable store of asynchronous jobs.

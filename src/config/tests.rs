@@ -179,6 +179,7 @@ fn example_file_parses_into_expected_model() {
             timeout: Duration::from_millis(100),
         },
         jobs: None,
+        amqp: vec![],
     };
     assert_eq!(config, expected);
     assert!(config.server.threads >= 1);

@@ -6,6 +6,7 @@
 //! (`backoff_base ≤ backoff_max`) and missing required keys ever need a span
 //! other than the value's own.
 
+mod amqp;
 mod pool;
 mod route;
 
@@ -121,6 +122,7 @@ impl Checker<'_> {
                 }
             }
         }
+        let amqp = self.amqp(&raw.amqp);
         Config {
             server,
             admin,
@@ -131,6 +133,7 @@ impl Checker<'_> {
             auth,
             ratelimit,
             jobs,
+            amqp,
         }
     }
 
@@ -579,7 +582,7 @@ impl Checker<'_> {
 
     /// A byte size: a string with units (`"16MiB"`, `"32KiB"`) or a bare
     /// integer (bytes); must be greater than 0.
-    fn size(&mut self, value: &Opt<StrOrInt>, key: &str, default: u64) -> u64 {
+    pub(super) fn size(&mut self, value: &Opt<StrOrInt>, key: &str, default: u64) -> u64 {
         let Some(value) = value else { return default };
         let parsed = match value.get_ref() {
             StrOrInt::Int(n) => u64::try_from(*n).map_err(|_| format!("invalid size {n}")),

@@ -570,6 +570,25 @@ impl Pool {
                 .any(|s| s.availability(now).is_usable() && s.under_cap())
     }
 
+    /// Slots a request could take now without anyone waiting for them;
+    /// `None` when a usable server has no `max_conns` (no limit).
+    pub fn free_slots(&self, now: Instant) -> Option<u32> {
+        if self.admission.has_waiters() {
+            return Some(0);
+        }
+        let mut free = 0u32;
+        for s in self.members.load().iter() {
+            if !s.availability(now).is_usable() {
+                continue;
+            }
+            match s.max_conns() {
+                0 => return None,
+                cap => free = free.saturating_add(cap.saturating_sub(s.outstanding())),
+            }
+        }
+        Some(free)
+    }
+
     pub fn has_usable(&self, now: Instant) -> bool {
         self.members
             .load()

@@ -9,7 +9,7 @@ mod buffered;
 mod caller;
 mod compress;
 mod connection;
-mod edge;
+pub(crate) mod edge;
 mod fallback;
 mod head;
 mod headers;
@@ -83,7 +83,7 @@ impl Gateway {
     }
 
     /// The generation in force now.
-    fn generation(&self) -> Arc<Generation> {
+    pub(crate) fn generation(&self) -> Arc<Generation> {
         self.current.load_full()
     }
 

@@ -3,6 +3,7 @@
 
 mod admission;
 mod affinity;
+mod amqp;
 mod balancing;
 mod certs;
 mod client_keys;
@@ -27,6 +28,7 @@ mod probe;
 mod probing;
 mod prometheus;
 mod proxying;
+mod rabbitmq;
 mod ratelimit_redis;
 mod reload;
 mod resume;

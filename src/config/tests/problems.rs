@@ -649,3 +649,80 @@ fn callbacks_need_a_secret_and_plain_hosts() {
     );
     assert!(!format!("{jobs:?}").contains("s3cr3t"));
 }
+
+#[test]
+fn amqp_consumers_need_a_broker_and_a_queue() {
+    let base = format!("{MINIMAL}[[amqp]]\n");
+    let p = problems(&base);
+    assert!(problem(&p, "amqp[0].queue")
+        .message
+        .contains("missing key `queue`"));
+    let p = problems(&format!("{base}queue = \"q\"\n"));
+    assert!(problem(&p, "amqp[0].url")
+        .message
+        .contains("missing key `url`"));
+    let p = problems(&format!(
+        "{base}queue = \"q\"\nurl = \"amqp://u:p@h/\"\nurl_env = \"X\"\n"
+    ));
+    problem(&p, "amqp[0].url_env");
+    let p = problems(&format!(
+        "{base}queue = \"q\"\nurl_env = \"BALLAST_NO_SUCH_AMQP_URL\"\n"
+    ));
+    assert!(problem(&p, "amqp[0].url_env")
+        .message
+        .contains("`BALLAST_NO_SUCH_AMQP_URL` is not set"));
+    // A bad URL is explained without repeating it (it may hold a password).
+    let p = problems(&format!(
+        "{base}queue = \"q\"\nurl = \"http://u:hunter2@h/\"\npath = \"v1/x\"\nprefetch = 0\nmax_attempts = 0\nbackoff = \"0s\"\n"
+    ));
+    let url = problem(&p, "amqp[0].url");
+    assert!(!url.message.contains("hunter2"), "{}", url.message);
+    assert!(url.message.contains("amqp or amqps"), "{}", url.message);
+    let p = problems(&format!(
+        "{base}queue = \"q\"\nurl = \"amqp://h\"\npath = \"v1/x\"\nprefetch = 0\nmax_attempts = 0\nbackoff = \"0s\"\n"
+    ));
+    for key in [
+        "amqp[0].path",
+        "amqp[0].prefetch",
+        "amqp[0].max_attempts",
+        "amqp[0].backoff",
+    ] {
+        problem(&p, key);
+    }
+    let two = format!(
+        "{base}queue = \"q\"\nurl = \"amqp://h\"\n[[amqp]]\nqueue = \"q\"\nurl = \"amqp://h\"\n"
+    );
+    assert!(problem(&problems(&two), "amqp[1].name")
+        .message
+        .contains("names another [[amqp]]"));
+}
+
+#[test]
+fn amqp_defaults_and_the_url_from_the_environment() {
+    std::env::set_var(
+        "BALLAST_TEST_AMQP_URL",
+        "amqp://ballast:pw-xyz@127.0.0.1:5673/%2f",
+    );
+    let c = parse(
+        "t.toml",
+        &format!("{MINIMAL}[[amqp]]\nqueue = \"requests\"\nurl_env = \"BALLAST_TEST_AMQP_URL\"\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let a = &c.amqp[0];
+    assert_eq!(a.name, "requests");
+    assert_eq!(a.broker, "amqp://127.0.0.1:5673/%2F");
+    assert_eq!(a.path, "/v1/chat/completions");
+    assert_eq!(a.dead_letter_exchange, "requests.dead");
+    assert!(a.declare);
+    assert_eq!((a.prefetch, a.max_reply_bytes), (32, 1 << 20));
+    assert_eq!(
+        (
+            a.policy.max_attempts,
+            a.policy.backoff,
+            a.policy.backoff_max
+        ),
+        (3, secs(1), secs(30))
+    );
+    // The password is never shown.
+    assert!(!format!("{a:?}").contains("pw-xyz"));
+}
