@@ -74,7 +74,15 @@ async fn connect(cfg: &AmqpConsumer) -> Result<Connection, String> {
         .with_connection_name(LongString::from(format!("ballast {}", cfg.name)))
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio::current());
-    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, props)).await {
+    let mut tls = lapin::tcp::OwnedTLSConfig::default();
+    if let Some(ca) = &cfg.ca_file {
+        // Checked at load; read again for each connection (it may be renewed).
+        let pem = std::fs::read_to_string(ca)
+            .map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?;
+        tls.cert_chain = Some(pem);
+    }
+    let connect = Connection::connect_uri_with_config(uri, props, tls);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(format!("cannot connect: {e}")),
         Err(_) => Err(format!(

@@ -32,6 +32,8 @@ pub struct AmqpConsumer {
     pub url: Secret,
     /// The broker's `host:port/vhost`, for logs (no credentials).
     pub broker: String,
+    /// With `amqps`: more CAs (PEM) to trust besides the system's.
+    pub ca_file: Option<PathBuf>,
     pub queue: String,
     /// The path of a message that names none.
     pub path: String,

@@ -52,6 +52,7 @@ pub(crate) struct RawAmqp {
     pub name: Opt<String>,
     pub url: Opt<String>,
     pub url_env: Opt<String>,
+    pub ca_file: Opt<String>,
     pub queue: Opt<String>,
     pub path: Opt<String>,
     pub declare: Opt<bool>,

@@ -535,3 +535,70 @@ async fn a_consumer_without_its_broker_says_so_and_http_is_still_served() {
         assert!(!seen.contains("pw-not-shown-77"), "{seen}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_verifies_the_broker_against_the_ca_file() {
+    let Some((broker, _use)) = Broker::shared().await else {
+        return;
+    };
+    let a = sim("a").await;
+    let q = queue("tls");
+    let body = |extra: &str| {
+        format!(
+            "{}{}[[amqp]]\nname = \"q\"\nqueue = \"{q}\"\nurl = \"{}\"\n{extra}\n",
+            pool_toml("p", &[a.addr().to_string()], ""),
+            route_toml("chat", "/v1/", "p", "openai = true"),
+            broker.tls_url("localhost"),
+        )
+    };
+    let ca = format!("ca_file = \"{}\"", broker.pki.ca_file.display());
+    let gw = Gateway::start(&body(&ca)).await;
+    connected(&gw).await;
+    let replies = format!("{q}-replies");
+    publish(broker.port, &q, &replies, 3, 0).await;
+    check_replies(&collect(broker.port, &replies, 3).await, 0..3);
+
+    // Not trusted without the CA: no connection, and /readyz says why.
+    let untrusting = Gateway::start(&body("")).await;
+    untrusting
+        .wait_metric_at_least("ballast_amqp_disconnects_total", &[("consumer", "q")], 1.0)
+        .await;
+    let text = untrusting
+        .client
+        .get(untrusting.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("amqp 'q': disconnected from amqps://localhost:"),
+        "{text}"
+    );
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_declare_off_a_missing_queue_is_reported_not_created() {
+    let Some((broker, _use)) = Broker::shared().await else {
+        return;
+    };
+    let a = sim("a").await;
+    let q = queue("undeclared");
+    let cfg = config(broker, &q, &[a.addr().to_string()], "", "declare = false");
+    let gw = Gateway::start(&cfg).await;
+    gw.wait_metric_at_least("ballast_amqp_disconnects_total", &[("consumer", "q")], 1.0)
+        .await;
+    let status = gw.status_json().await;
+    let error = status["amqp"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("does not exist"), "{status}");
+    assert!(error.contains("declare = true"), "{status}");
+    // Once declared (here by a gateway with declare on), it is used as it is.
+    let declaring = Gateway::start(&config(broker, &q, &[a.addr().to_string()], "", "")).await;
+    connected(&declaring).await;
+    connected(&gw).await;
+}

@@ -26,6 +26,10 @@ enum Cmd {
 /// The shared broker.
 pub struct Broker {
     pub port: u16,
+    /// Its TLS listener (amqps), with a certificate for localhost and
+    /// 127.0.0.1 signed by `pki`'s CA.
+    pub tls_port: u16,
+    pub pki: crate::certs::Pki,
     keeper: std::sync::Mutex<mpsc::Sender<Cmd>>,
     /// Readers share the broker; a writer restarts it.
     lock: RwLock<()>,
@@ -125,15 +129,24 @@ impl Broker {
     fn get() -> &'static Broker {
         static BROKER: OnceLock<Broker> = OnceLock::new();
         BROKER.get_or_init(|| {
-            let dir = tempfile::Builder::new()
-                .prefix("ballast-rabbitmq-")
-                .tempdir()
-                .expect("a temporary directory")
-                .keep();
+            let dir = data_dir();
             std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("write enabled_plugins");
-            std::fs::write(dir.join("rabbitmq.conf"), "log.console = false\n")
-                .expect("write rabbitmq.conf");
-            let [port, dist, epmd] = crate::harness::free_ports::<3>();
+            let [port, tls_port, dist, epmd] = crate::harness::free_ports::<4>();
+            let pki = crate::certs::Pki::new("rabbitmq");
+            let server = pki.server("broker", &["localhost", "127.0.0.1"]);
+            let conf = format!(
+                "log.console = false\n\
+                 listeners.ssl.1 = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                pki.ca_file.display(),
+                server.cert.display(),
+                server.key.display()
+            );
+            std::fs::write(dir.join("rabbitmq.conf"), conf).expect("write rabbitmq.conf");
             let (tx, rx) = mpsc::channel();
             std::thread::Builder::new()
                 .name("rabbitmq keeper".into())
@@ -141,6 +154,8 @@ impl Broker {
                 .expect("spawn the broker's keeper thread");
             Broker {
                 port,
+                tls_port,
+                pki,
                 keeper: std::sync::Mutex::new(tx),
                 lock: RwLock::new(()),
                 started: tokio::sync::OnceCell::new(),
@@ -167,7 +182,9 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if speaks_amqp(self.port).await {
-                return Ok(());
+                // The TLS listener starts with the plain one.
+                let tls = tokio::net::TcpStream::connect(("127.0.0.1", self.tls_port)).await;
+                return tls.map(drop).map_err(|e| format!("no TLS listener: {e}"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -221,6 +238,32 @@ impl Broker {
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
+
+    pub fn tls_url(&self, host: &str) -> String {
+        format!("amqps://guest:guest@{host}:{}/%2f", self.tls_port)
+    }
+}
+
+/// The broker's data, under the build's temporary directory; those of
+/// test runs that are over are removed.
+fn data_dir() -> std::path::PathBuf {
+    let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for entry in std::fs::read_dir(base).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("rabbitmq-")
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only asks whether the process exists.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = base.join(format!("rabbitmq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("the broker's data directory");
+    dir
 }
 
 /// The broker answers an AMQP 0-9-1 protocol header with Connection.Start

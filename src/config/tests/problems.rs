@@ -689,6 +689,16 @@ fn amqp_consumers_need_a_broker_and_a_queue() {
     ] {
         problem(&p, key);
     }
+    let p = problems(&format!(
+        "{base}queue = \"q\"\nurl = \"amqp://h\"\nca_file = \"/nonexistent/ca.pem\"\n"
+    ));
+    assert!(problem(&p, "amqp[0].ca_file")
+        .message
+        .contains("only for amqps://"));
+    let p = problems(&format!(
+        "{base}queue = \"q\"\nurl = \"amqps://h\"\nca_file = \"/nonexistent/ca.pem\"\n"
+    ));
+    problem(&p, "amqp[0].ca_file");
     let two = format!(
         "{base}queue = \"q\"\nurl = \"amqp://h\"\n[[amqp]]\nqueue = \"q\"\nurl = \"amqp://h\"\n"
     );

@@ -105,6 +105,21 @@ impl Checker<'_> {
                 return None;
             }
         };
+        let ca_file = self
+            .non_empty(&raw.ca_file, &key("ca_file"))
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from);
+        if let (Some(ca), Some(v)) = (&ca_file, &raw.ca_file) {
+            if !broker.starts_with("amqps://") {
+                self.report(
+                    Some(v.span()),
+                    key("ca_file"),
+                    "only for amqps:// URLs (TLS to the broker)",
+                );
+            } else if let Err(e) = crate::tls::upstream::load_ca(ca) {
+                self.report(Some(v.span()), key("ca_file"), e);
+            }
+        }
         let dead_letter_exchange = self
             .non_empty(&raw.dead_letter_exchange, &key("dead_letter_exchange"))
             .unwrap_or_else(|| format!("{queue}.dead"));
@@ -113,6 +128,7 @@ impl Checker<'_> {
             name,
             url: Secret(url.0),
             broker,
+            ca_file,
             queue,
             path,
             declare: raw.declare.as_ref().is_none_or(|d| *d.get_ref()),
