@@ -168,9 +168,13 @@ impl Generation {
 }
 
 /// Client keys' usage series, at zero from the start.
+/// Routes' job series too.
 fn register_keys(config: &Config) {
     for name in config.auth.iter().flat_map(|a| a.keys.names()) {
         metrics::register_key(name);
+    }
+    for r in config.routes.iter().filter(|r| r.jobs.is_some()) {
+        metrics::register_job_route(&r.name);
     }
 }
 

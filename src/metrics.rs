@@ -397,6 +397,15 @@ pub fn jobs_in_state(state: &str, n: usize) {
         .set(i64::try_from(n).unwrap_or(i64::MAX));
 }
 
+/// A route that takes jobs: its series at zero from the start.
+pub fn register_job_route(route: &str) {
+    for result in ["succeeded", "failed", "cancelled", "expired"] {
+        JOBS_TOTAL.with_label_values(&[route, result]);
+    }
+    JOB_WAIT.with_label_values(&[route]);
+    JOB_RUN.with_label_values(&[route]);
+}
+
 pub fn job_done(route: &str, result: &str) {
     JOBS_TOTAL.with_label_values(&[route, result]).inc();
 }

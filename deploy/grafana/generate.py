@@ -74,6 +74,14 @@ panel("Stream aborts", [(f'sum by (reason) (rate(ballast_stream_aborts_total{{{J
 panel("Stream duration", q("ballast_stream_duration_seconds", J, "kind, ", (0.5,0.99)), "s", desc="How long streams stayed open.")
 panel("Stream resumes", [(f'sum by (pool, result) (rate(ballast_stream_resumes_total{{{PJ}}}[$__rate_interval]))',"{{pool}} {{result}}")], "short", stack=True, desc="Streams cut after bytes reached the client, by the pool that cut them: resumed on another server ([route.resume]), refused or failed (the client got the error event), or why no resume was tried (limit, deadline, tool_call, multi_choice, reasoning, unreadable, finished).")
 endrow()
+row("Jobs and RabbitMQ")
+panel("Jobs", [(f'sum by (state) (ballast_jobs{{{J}}})',"{{state}}")], "short", desc="Asynchronous jobs (Prefer: respond-async) queued or running.")
+panel("Jobs finished", [(f'sum by (route, result) (rate(ballast_jobs_total{{{J}, route=~"$route"}}[$__rate_interval]))',"{{route}} {{result}}")], "short", stack=True, desc="Jobs finished per second: succeeded, failed, cancelled, expired.")
+panel("Job wait", q("ballast_job_wait_seconds", f'{J}, route=~"$route"', ""), "s", desc="From a job's submission to its first start: jobs run only with spare capacity.")
+panel("RabbitMQ messages", [(f'sum by (consumer, result) (rate(ballast_amqp_messages_total{{{J}}}[$__rate_interval]))',"{{consumer}} {{result}}")], "short", stack=True, desc="[[amqp]] messages settled per second: succeeded (replied, acked), refused (the backend's 4xx), failed (attempts spent) and invalid; all but succeeded are dead-lettered.")
+panel("RabbitMQ consumers", [(f'min by (consumer) (ballast_amqp_connected{{{J}}})',"connected {{consumer}}"), (f'sum by (consumer) (ballast_amqp_prefetch{{{J}}})',"prefetch {{consumer}}")], "short", desc="Whether every replica's consumer is connected (alert BallastAmqpDisconnected), and the prefetch window, which follows free backend slots.")
+panel("RabbitMQ disconnects", [(f'sum by (consumer) (increase(ballast_amqp_disconnects_total{{{J}}}[$__rate_interval]))',"{{consumer}}")], "short", desc="Broker connections lost or not made.")
+endrow()
 
 def var(name, label, query, multi=True):
     return {"name":name,"label":label,"type":"query","datasource":DS,"query":{"query":query,"refId":name},"definition":query,

@@ -300,15 +300,23 @@ async fn dashboard_reads_only_metrics_ballast_exports() {
         ),
     )
     .unwrap();
+    // A job store, and a consumer whose broker is away: their series exist.
     let gw = Gateway::start(&format!(
-        "[auth]\nkeys_file = \"{}\"\n\n{}{}",
+        "[auth]\nkeys_file = \"{}\"\n\n[jobs]\ndir = \"{}\"\n\n[[amqp]]\nqueue = \"q\"\nurl = \"amqp://{}/%2f\"\n\n{}{}",
         keys.display(),
+        dir.path().join("jobs").display(),
+        dead_addr(),
         pool_toml(
             "local",
             &[a.addr().to_string()],
             "balance = \"prefix_affinity\"\ncontinuation = \"vllm\"\n[pool.load_metrics]\ninterval = \"100ms\"\n"
         ),
-        route_toml("chat", "/", "local", "require_key = true")
+        route_toml(
+            "chat",
+            "/",
+            "local",
+            "require_key = true\n[route.jobs]\nenabled = true"
+        )
     ))
     .await;
     // One answer of each kind, so that every family has a series.
