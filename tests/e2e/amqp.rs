@@ -602,3 +602,54 @@ async fn with_declare_off_a_missing_queue_is_reported_not_created() {
     connected(&declaring).await;
     connected(&gw).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_gateway_finishes_the_messages_in_hand_and_takes_no_more() {
+    let Some((broker, _use)) = Broker::shared().await else {
+        return;
+    };
+    let a = sim_with(
+        "a",
+        SimOptions {
+            fault: latency(Duration::from_millis(800)),
+            ..SimOptions::default()
+        },
+    )
+    .await;
+    let q = queue("drain");
+    let cfg = config(broker, &q, &[a.addr().to_string()], "max_conns = 2", "");
+    let mut gw = Gateway::start_server("drain_delay = \"0s\"\ngrace_period = \"20s\"", &cfg).await;
+    connected(&gw).await;
+    let replies = format!("{q}-replies");
+    publish(broker.port, &q, &replies, 6, 0).await;
+    wait_until("two messages run", || a.stats().in_flight == 2).await;
+    gw.signal(libc::SIGTERM);
+    let status = gw.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        gw.log()
+    );
+    assert!(gw
+        .log()
+        .contains("amqp consumer stopped taking messages (draining)"));
+    // The two in hand were answered and acked; the other four wait in the
+    // broker, none of them half-done.
+    let answered = collect(broker.port, &replies, 2).await;
+    assert_eq!(answered.len(), 2);
+    assert_eq!(a.stats().requests, 2);
+    assert_eq!(ready_messages(broker.port, &q).await, 4);
+    // The next gateway takes the rest.
+    let next = Gateway::start(&cfg).await;
+    let rest = collect(broker.port, &replies, 4).await;
+    let all: Vec<serde_json::Value> = answered.into_iter().chain(rest).collect();
+    check_replies(&all, 0..6);
+    assert_eq!(
+        next.metric(
+            "ballast_amqp_messages_total",
+            &[("consumer", "q"), ("result", "succeeded")]
+        )
+        .await,
+        4.0
+    );
+}
