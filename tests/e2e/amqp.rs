@@ -207,7 +207,12 @@ async fn what_cannot_be_served_is_answered_and_dead_lettered_with_its_reason() {
     };
     let a = sim("a").await;
     let q = queue("poison");
-    let gw = Gateway::start(&config(broker, &q, &[a.addr().to_string()], "", "")).await;
+    let limits = "[limits]\nmax_request_body = 4096\n";
+    let gw = Gateway::start(&format!(
+        "{limits}{}",
+        config(broker, &q, &[a.addr().to_string()], "", "")
+    ))
+    .await;
     connected(&gw).await;
     let replies = format!("{q}-replies");
     let raw = |body: &str, id: &str, extra: &[&str]| {
@@ -235,8 +240,11 @@ async fn what_cannot_be_served_is_answered_and_dead_lettered_with_its_reason() {
     let fine =
         r#"{"model":"sim-model","messages":[{"role":"user","content":"hi"}],"max_tokens":3}"#;
     raw(fine, "fine", &[]).await;
+    // Compressed, it is decoded (and its decoded size is what counts).
+    raw(fine, "gzipped", &["--gzip"]).await;
+    raw("x", "too-large", &["--repeat", "5000"]).await;
 
-    let got = collect(broker.port, &replies, 5).await;
+    let got = collect(broker.port, &replies, 7).await;
     let by_id = |id: &str| {
         got.iter()
             .find(|r| r["correlation_id"] == id)
@@ -248,6 +256,7 @@ async fn what_cannot_be_served_is_answered_and_dead_lettered_with_its_reason() {
         ("bad-path", 400, "invalid_path"),
         ("bad-type", 415, "unsupported_content_type"),
         ("refused", 400, "upstream_refused"),
+        ("too-large", 413, "body_too_large"),
     ] {
         let r = by_id(id);
         assert_eq!(r["headers"]["status"], status, "{r}");
@@ -260,14 +269,16 @@ async fn what_cannot_be_served_is_answered_and_dead_lettered_with_its_reason() {
         serde_json::from_str(by_id("refused")["body"].as_str().unwrap()).unwrap();
     assert_eq!(refused["error"]["code"], "content_policy_violation");
     assert_eq!(by_id("fine")["headers"]["status"], 200);
+    assert_eq!(by_id("gzipped")["headers"]["status"], 200);
 
-    let letters = dead(broker.port, &q, 4).await;
-    assert_eq!(letters.len(), 4, "{letters:?}");
+    let letters = dead(broker.port, &q, 5).await;
+    assert_eq!(letters.len(), 5, "{letters:?}");
     for (id, reason) in [
         ("bad-json", "invalid_request"),
         ("bad-path", "invalid_path"),
         ("bad-type", "unsupported_content_type"),
         ("refused", "upstream_refused"),
+        ("too-large", "body_too_large"),
     ] {
         let d = letters
             .iter()
@@ -284,10 +295,17 @@ async fn what_cannot_be_served_is_answered_and_dead_lettered_with_its_reason() {
         .unwrap();
     assert_eq!(bad_path["body"], "{}");
     assert_eq!(bad_path["headers"]["path"], "v1/no-slash");
-    // Only the two requests reached the backend; nothing is left behind.
-    assert_eq!(a.stats().requests, 2);
+    // Only the three requests reached the backend, the gzipped one decoded;
+    // nothing is left behind.
+    let seen = a.stats();
+    assert_eq!(seen.requests, 3);
+    assert!(seen
+        .log
+        .iter()
+        .all(|r| recorded_header(r, "content-encoding").is_empty()));
+    assert!(seen.log.iter().all(|r| r.body_text.starts_with('{')));
     assert_eq!(ready_messages(broker.port, &q).await, 0);
-    for (result, n) in [("invalid", 3.0), ("refused", 1.0), ("succeeded", 1.0)] {
+    for (result, n) in [("invalid", 4.0), ("refused", 1.0), ("succeeded", 2.0)] {
         gw.wait_metric(
             "ballast_amqp_messages_total",
             &[("consumer", "q"), ("result", result)],

@@ -6,11 +6,13 @@ dead-letter queues. Every command prints one JSON document on stdout.
   publish  --port P --queue Q --reply-to R --n N [--first K] [--body-json T]
   collect  --port P --queue R --n N [--timeout S]    replies, by correlation id
   raw      --port P --queue Q --reply-to R --body B [--header k=v] [--correlation-id C]
+           [--content-type T] [--gzip] [--repeat K (the body K times)]
   count    --port P --queue Q                          ready messages
   drain    --port P --queue Q [--n N] [--timeout S]   dead letters with headers
 """
 
 import argparse
+import gzip
 import json
 import sys
 import time
@@ -69,15 +71,17 @@ def raw(a):
     ch.confirm_delivery()
     declare_replies(ch, a.reply_to)
     headers = dict(h.split("=", 1) for h in a.header)
+    body = a.body.encode() * a.repeat
     ch.basic_publish(
         exchange="",
         routing_key=a.queue,
-        body=a.body.encode(),
+        body=gzip.compress(body) if a.gzip else body,
         properties=pika.BasicProperties(
             reply_to=a.reply_to,
             correlation_id=a.correlation_id,
             delivery_mode=pika.DeliveryMode.Persistent,
             content_type=a.content_type,
+            content_encoding="gzip" if a.gzip else None,
             headers=headers or None,
         ),
     )
@@ -144,6 +148,8 @@ def main():
     p.add_argument("--header", action="append", default=[])
     p.add_argument("--correlation-id", default="c-raw")
     p.add_argument("--content-type", default="application/json")
+    p.add_argument("--gzip", action="store_true")
+    p.add_argument("--repeat", type=int, default=1)
     a = p.parse_args()
     if a.command == "publish":
         publish(a)
