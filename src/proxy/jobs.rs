@@ -442,7 +442,7 @@ impl Gateway {
                         let p = problem(
                             "result_too_large",
                             format!(
-                                "the answer is larger than jobs.max_result_bytes ({max_result})"
+                                "the answer is larger than the {max_result} bytes a result may have (jobs.max_result_bytes; amqp.max_reply_bytes)"
                             ),
                         );
                         (

@@ -671,3 +671,44 @@ async fn a_draining_gateway_finishes_the_messages_in_hand_and_takes_no_more() {
         4.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_max_reply_bytes_is_not_sent_but_dead_lettered() {
+    let Some((broker, _use)) = Broker::shared().await else {
+        return;
+    };
+    let a = sim("a").await;
+    let q = queue("large");
+    let cfg = config(
+        broker,
+        &q,
+        &[a.addr().to_string()],
+        "",
+        "max_reply_bytes = 200",
+    );
+    let gw = Gateway::start(&cfg).await;
+    connected(&gw).await;
+    let replies = format!("{q}-replies");
+    // Request 39 asks for 40 tokens: an answer of some 400 bytes.
+    publish(broker.port, &q, &replies, 1, 39).await;
+    let got = collect(broker.port, &replies, 1).await;
+    assert_eq!(got[0]["headers"]["error"], "result_too_large", "{got:?}");
+    // The answer is not there for the client: a gateway error.
+    assert_eq!(got[0]["headers"]["status"], 502, "{got:?}");
+    let body: serde_json::Value = serde_json::from_str(got[0]["body"].as_str().unwrap()).unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_reply_bytes"),
+        "{body}"
+    );
+    let letters = dead(broker.port, &q, 1).await;
+    assert_eq!(letters[0]["headers"]["ballast-reason"], "result_too_large");
+    gw.wait_metric(
+        "ballast_amqp_messages_total",
+        &[("consumer", "q"), ("result", "failed")],
+        1.0,
+    )
+    .await;
+}
