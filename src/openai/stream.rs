@@ -35,6 +35,14 @@ impl Events {
         let mut start = 0;
         let mut i = self.scanned.max(start);
         while i < self.buf.len() {
+            // Straight to the next line end.
+            match memchr::memchr(b'\n', &self.buf[i..]) {
+                Some(n) => i += n,
+                None => {
+                    i = self.buf.len();
+                    break;
+                }
+            }
             if self.buf[i] == b'\n' {
                 // A blank line: `\n\n` or `\n\r\n`.
                 let next = match self.buf.get(i + 1) {
@@ -208,9 +216,22 @@ pub struct StreamState {
     done: bool,
     /// `tokens` when the current continuation began (0: the original).
     seam: Option<u64>,
+    /// Only the end is read (see [`StreamState::ends_only`]).
+    ends_only: bool,
 }
 
 impl StreamState {
+    /// For a stream of one choice that will not be resumed: only its end
+    /// matters (`[DONE]`, an error, the choice's `finish_reason`), so an
+    /// event that surely carries none of them is passed without being
+    /// parsed. Its text and token count are then not kept.
+    pub fn ends_only() -> StreamState {
+        StreamState {
+            ends_only: true,
+            ..StreamState::default()
+        }
+    }
+
     /// The text of the answer sent so far.
     pub fn text(&self) -> &str {
         &self.text
@@ -263,6 +284,9 @@ impl StreamState {
     /// Read one event of the original stream (before any seam), which is
     /// then forwarded unchanged.
     pub fn read(&mut self, event: &[u8]) -> Meaning {
+        if self.ends_only && cannot_end(event) {
+            return Meaning::Forward;
+        }
         let Some(data) = data_of(event) else {
             // A comment or a keep-alive: nothing to read.
             return Meaning::Forward;
@@ -398,6 +422,36 @@ impl StreamState {
             }
         }
     }
+}
+
+/// An event that surely holds no `[DONE]`, no `"error"` and no
+/// `finish_reason` other than `null`: a scan of its bytes, cheaper than
+/// parsing it. Inside a JSON string a quote is escaped, so `"finish_reason"`
+/// with both quotes bare is a key (or a whole string value, which is not
+/// followed by `: null` and so is parsed).
+fn cannot_end(event: &[u8]) -> bool {
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    // Built once: a searcher's set-up costs more than a search of an event.
+    static DONE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"[DONE]"));
+    static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+    static FINISH: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"finish_reason\""));
+    if DONE.find(event).is_some() || ERROR.find(event).is_some() {
+        return false;
+    }
+    let skip = |b: &[u8]| -> usize { b.iter().take_while(|c| c.is_ascii_whitespace()).count() };
+    let mut rest = event;
+    while let Some(at) = FINISH.find(rest) {
+        rest = &rest[at + FINISH.needle().len()..];
+        let after = &rest[skip(rest)..];
+        let Some(after) = after.strip_prefix(b":") else {
+            return false;
+        };
+        if !after[skip(after)..].starts_with(b"null") {
+            return false;
+        }
+    }
+    true
 }
 
 /// `data` with `changes` made and every choice's `delta.role` removed.

@@ -201,3 +201,53 @@ fn usage_never_goes_below_zero() {
     let odd = json!({"completion_tokens": 2});
     assert_eq!(whole_usage(&odd, 5), odd);
 }
+
+#[test]
+fn reading_only_the_end_judges_a_stream_as_a_full_read_does() {
+    let tricky = [
+        delta("c", "hi", None),
+        // The key spelled with spaces, and text that quotes it (escaped).
+        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"},\"finish_reason\" :  null}]}\n\n"
+            .to_vec(),
+        delta("c", "\"finish_reason\":\"stop\"", None),
+        // A content that is the key's name itself: parsed, still not an end.
+        delta("c", "finish_reason", None),
+        event(json!({"choices": [], "usage": {"prompt_tokens": 1}})),
+        b": keep-alive\n\n".to_vec(),
+    ];
+    let endings = [
+        delta("c", "", Some("stop")),
+        b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\t \"length\"}]}\n\n"
+            .to_vec(),
+    ];
+    for ending in &endings {
+        let (mut full, mut light) = (StreamState::default(), StreamState::ends_only());
+        for e in &tricky {
+            assert_eq!(light.read(e), full.read(e));
+            assert!(!light.finished() && !full.finished());
+        }
+        assert_eq!(light.read(ending), full.read(ending));
+        assert!(light.finished() && full.finished());
+        let done = b"data: [DONE]\n\n";
+        assert_eq!(
+            (light.read(done), full.read(done)),
+            (Meaning::Done, Meaning::Done)
+        );
+        assert!(light.done());
+    }
+    // An error event is still seen for what it is.
+    let err = event(json!({"error": {"message": "overloaded"}}));
+    assert_eq!(StreamState::ends_only().read(&err), Meaning::Error);
+}
+
+#[test]
+fn only_events_that_may_end_a_stream_are_parsed() {
+    assert!(cannot_end(&delta("c", "hello", None)));
+    assert!(cannot_end(b": keep-alive\n\n"));
+    assert!(!cannot_end(&delta("c", "", Some("stop"))));
+    assert!(!cannot_end(b"data: [DONE]\n\n"));
+    assert!(!cannot_end(&event(json!({"error": {"message": "x"}}))));
+    assert!(!cannot_end(&delta("c", "finish_reason", None)));
+    assert!(!cannot_end(b"data: {\"finish_reason\"}\n\n"));
+    assert!(!cannot_end(b"data: {\"finish_reason\":\"null\"}\n\n"));
+}

@@ -53,6 +53,9 @@ pub struct Request<'r> {
     /// A job: it takes a slot only when one is free and no request waits
     /// for it; it never joins a pool's queue.
     pub background: bool,
+    /// A validated OpenAI request for one choice: a stream of it that will
+    /// not be resumed is read only for its end (`StreamState::ends_only`).
+    pub single_choice: bool,
 }
 
 /// What the loop asks each pool for.
@@ -523,6 +526,7 @@ impl Gateway {
                 stream_idle: route.timeouts.stream_idle,
                 client_write: route.timeouts.client_write,
                 read_events: route.openai,
+                ends_only: !resumable && req.single_choice,
                 hold_errors: resumable,
                 cut: self.drain.cut(),
             };

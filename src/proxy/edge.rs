@@ -21,6 +21,8 @@ pub struct Prepared {
     /// A validated chat-completions stream of one choice: a cut one can be
     /// continued.
     pub resumable: bool,
+    /// A validated OpenAI request for one choice (`n` absent or 1).
+    pub single_choice: bool,
 }
 
 pub fn prepare(
@@ -43,17 +45,18 @@ pub fn prepare(
     })?;
     let route = &config.routes[route_idx];
 
-    let (body, resumable) = match (route.openai, Endpoint::from_path(path)) {
+    let (body, resumable, single_choice) = match (route.openai, Endpoint::from_path(path)) {
         (true, Some(endpoint)) if req.method == http::Method::POST => {
             inspect(route, endpoint, body)?
         }
-        _ => (body, false),
+        _ => (body, false, false),
     };
     Ok(Prepared {
         route_idx,
         body,
         decoded,
         resumable,
+        single_choice,
     })
 }
 
@@ -93,26 +96,26 @@ fn body_error(e: body::BodyError) -> GatewayError {
 }
 
 /// Validate an OpenAI request and apply the route's normalisation rules;
-/// also says whether it is a chat stream of one choice.
+/// also says whether it is a chat stream of one choice, and whether it asks
+/// for one choice.
 fn inspect(
     route: &RouteConfig,
     endpoint: Endpoint,
     body: Bytes,
-) -> Result<(Bytes, bool), GatewayError> {
+) -> Result<(Bytes, bool, bool), GatewayError> {
     let rules = Normalise {
         max_tokens_limit: route.max_tokens_limit,
         include_usage: route.stream_include_usage,
     };
     let inspected = openai::inspect(endpoint, &body, &rules)
         .map_err(|e| GatewayError::invalid_request(e.message, e.param))?;
-    let resumable = inspected.endpoint == Endpoint::ChatCompletions
-        && inspected.stream
-        && inspected.choices == 1;
+    let single = inspected.choices == 1;
+    let resumable = inspected.endpoint == Endpoint::ChatCompletions && inspected.stream && single;
     match inspected.rewritten {
         Some(new) => {
             tracing::debug!(route = %route.name, applied = ?inspected.applied, "request normalised");
-            Ok((Bytes::from(new), resumable))
+            Ok((Bytes::from(new), resumable, single))
         }
-        None => Ok((body, resumable)),
+        None => Ok((body, resumable, single)),
     }
 }

@@ -368,6 +368,7 @@ impl Gateway {
             prompt: Some(&prompt),
             max_resumes: None,
             background: true,
+            single_choice: false,
         };
         let uri = head.uri.clone();
         let mut log = AccessLog::of(head.method.clone(), uri);

@@ -279,6 +279,7 @@ impl Gateway {
                 .filter(|_| prepared.resumable)
                 .map(|r| r.max_resumes),
             background: false,
+            single_choice: prepared.single_choice,
         };
         if let (Some(jobs), Some(_)) = (&self.jobs, route.jobs) {
             // An upgrade is a conversation, never a job.

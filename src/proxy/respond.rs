@@ -202,6 +202,9 @@ pub struct Forwarding {
     /// An error event from the backend ends the stream as broken instead
     /// of being passed on (it is about to be resumed).
     pub hold_errors: bool,
+    /// Only the stream's end matters (it will not be resumed, and has one
+    /// choice): events that cannot end it are not parsed.
+    pub ends_only: bool,
     /// Turns true when a shutdown's grace period is over.
     pub cut: tokio::sync::watch::Receiver<bool>,
 }
@@ -299,7 +302,11 @@ impl<'h> Forwarder<'h> {
             ),
             reader: (sse && how.read_events && !encoded).then(|| Reader {
                 events: Events::default(),
-                state: StreamState::default(),
+                state: if how.ends_only {
+                    StreamState::ends_only()
+                } else {
+                    StreamState::default()
+                },
                 continuing: false,
                 hold_errors: how.hold_errors,
             }),
