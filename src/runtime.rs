@@ -32,9 +32,14 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let env_filter = filter::EnvFilter::try_from_default_env()
         .or_else(|_| filter::EnvFilter::try_new(default_filter(level)))
         .unwrap_or_else(|_| filter::EnvFilter::new("info"));
+    // With its hint, the combined filter keeps the level filter's hint, and
+    // the `log` records of dependencies (Pingora's `debug!` and `trace!`)
+    // are skipped where they are made; without it they were all turned into
+    // events and dropped afterwards, some 5,000 instructions per request.
     let no_pingora_trace = filter::filter_fn(|meta| {
         !(*meta.level() == tracing::Level::TRACE && meta.target().starts_with("pingora"))
-    });
+    })
+    .with_max_level_hint(filter::LevelFilter::TRACE);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let layer = fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
     let layer = match format {

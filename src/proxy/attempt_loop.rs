@@ -334,10 +334,17 @@ impl Gateway {
                 first_byte: route.timeouts.first_byte.min(remaining),
             };
             let sent_at = Instant::now();
-            let attempt = attempt::run(&self.connector, &server, head, body, &limits);
+            // Pinned where it is made: the attempt's future is large (a whole
+            // upstream session lives in it), and moving it by value into a
+            // race copied it several times per request.
             // A client that leaves cancels the attempt: its connection is
             // closed (the backend can stop) and the lease released.
-            let Some(mut result) = unless_gone(to, attempt).await else {
+            let result = {
+                let attempt =
+                    std::pin::pin!(attempt::run(&self.connector, &server, head, body, &limits));
+                unless_gone(to, attempt).await
+            };
+            let Some(mut result) = result else {
                 return PoolEnd::Done(Obtained::Gone);
             };
             let now = Instant::now();
