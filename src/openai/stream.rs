@@ -428,7 +428,8 @@ impl StreamState {
 /// `finish_reason` other than `null`: a scan of its bytes, cheaper than
 /// parsing it. Inside a JSON string a quote is escaped, so `"finish_reason"`
 /// with both quotes bare is a key (or a whole string value, which is not
-/// followed by `: null` and so is parsed).
+/// followed by `: null` and so is parsed). An event of several lines (whose
+/// data a line end could split) is always parsed.
 fn cannot_end(event: &[u8]) -> bool {
     use memchr::memmem::Finder;
     use std::sync::LazyLock;
@@ -436,7 +437,9 @@ fn cannot_end(event: &[u8]) -> bool {
     static DONE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"[DONE]"));
     static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
     static FINISH: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"finish_reason\""));
-    if DONE.find(event).is_some() || ERROR.find(event).is_some() {
+    let lines = memchr::memchr_iter(b'\n', event).count();
+    // One line and its blank line: `\n\n` (or `\r\n\r\n`).
+    if lines > 2 || DONE.find(event).is_some() || ERROR.find(event).is_some() {
         return false;
     }
     let skip = |b: &[u8]| -> usize { b.iter().take_while(|c| c.is_ascii_whitespace()).count() };

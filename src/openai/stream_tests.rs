@@ -250,4 +250,9 @@ fn only_events_that_may_end_a_stream_are_parsed() {
     assert!(!cannot_end(&delta("c", "finish_reason", None)));
     assert!(!cannot_end(b"data: {\"finish_reason\"}\n\n"));
     assert!(!cannot_end(b"data: {\"finish_reason\":\"null\"}\n\n"));
+    // Data on two lines is read whole, whatever a line end splits.
+    assert!(!cannot_end(
+        b"data: {\"finish_\ndata: reason\":\"stop\"}\n\n"
+    ));
+    assert!(cannot_end(b"data: {\"a\":1}\r\n\r\n"));
 }
