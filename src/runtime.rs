@@ -54,9 +54,10 @@ pub fn init_logging(format: LogFormat, level: &str) {
 
 /// Pingora logs every client hang-up as an error; keep its noise at warn.
 /// rustls warns about what clients send (an IP address as SNI, which curl
-/// and wrk do), once per handshake: only its errors are logged.
+/// and wrk do), once per handshake: only its errors are logged. lapin warns
+/// at each refused reconnect, which the consumer's own line already says.
 fn default_filter(level: &str) -> String {
-    format!("{level},pingora_core=warn,pingora=warn,rustls=error")
+    format!("{level},pingora_core=warn,pingora=warn,rustls=error,lapin=error")
 }
 
 /// The client listeners' certificate (checked by config load; read again
