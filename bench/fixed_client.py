@@ -23,6 +23,7 @@ async def worker(n):
         done += 1
     w.close()
 async def main():
-    await asyncio.gather(*(worker(total // conns) for _ in range(conns)))
+    # The remainder goes to the first connections: exactly `total` in all.
+    await asyncio.gather(*(worker(total // conns + (i < total % conns)) for i in range(conns)))
     print(done)
 asyncio.run(main())

@@ -21,6 +21,10 @@
 #   wait_http URL PID WHAT         poll until URL answers 200 (~30s)
 #   setup_results                  create RESULTS_DIR, set STAMP (UTC) and REV
 #                                  (git short hash, "-dirty" if the tree differs)
+#   callgrind_gateway BIN LEVEL OPENAI SIM_PORT GW_PORT ADMIN_PORT
+#                                  one-thread gateway in front of a sim, under
+#                                  callgrind, ready; sets CG_PID
+#   callgrind_total                stop it, print its total instructions
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
@@ -189,4 +193,38 @@ stop_bg() { # stop_bg PID [SIGNAL]: stop one process started with start_bg and f
             unset 'PIDS[i]' 'SIGS[i]'
         fi
     done
+}
+
+# ---------------------------------------------------------------- instruction counts
+callgrind_gateway() { # callgrind_gateway BIN LEVEL OPENAI SIM_PORT GW_PORT ADMIN_PORT; sets CG_PID
+    local bin=$1 level=$2 openai=$3 sim=$4 gw=$5 admin=$6
+    cat >"$WORK/gw.toml" <<CONF
+[server]
+listen = ["127.0.0.1:$gw"]
+threads = 1
+[admin]
+listen = "127.0.0.1:$admin"
+[log]
+level = "$level"
+[[pool]]
+name = "p"
+[[pool.servers]]
+addr = "127.0.0.1:$sim"
+[[route]]
+name = "r"
+path_prefix = "/"
+pool = "p"
+openai = $openai
+CONF
+    rm -f "$WORK"/cg.out.*
+    start_bg INT "$WORK/gw.log" valgrind --tool=callgrind \
+        --callgrind-out-file="$WORK/cg.out.%p" "$bin" run -c "$WORK/gw.toml"
+    CG_PID=${PIDS[-1]}
+    wait_http "http://127.0.0.1:$admin/readyz" "$CG_PID" "the gateway under callgrind"
+}
+
+callgrind_total() { # stop the gateway of callgrind_gateway; print its total instructions
+    stop_bg "$CG_PID" INT
+    callgrind_annotate "$WORK"/cg.out.* >"$WORK/annotate.txt" 2>/dev/null
+    awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' "$WORK/annotate.txt"
 }

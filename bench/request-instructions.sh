@@ -27,36 +27,11 @@ SIM=${PIDS[-1]}
 wait_http "http://127.0.0.1:$SIM_PORT/health" "$SIM" "the simulated backend"
 
 measure() { # measure BINARY N: the program's total instructions for N requests
-    local bin=$1 n=$2
-    cat > "$WORK/gw.toml" <<CONF
-[server]
-listen = ["127.0.0.1:$GW_PORT"]
-threads = 1
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-[log]
-level = "info"
-[[pool]]
-name = "p"
-[[pool.servers]]
-addr = "127.0.0.1:$SIM_PORT"
-[[route]]
-name = "r"
-path_prefix = "/"
-pool = "p"
-openai = $OPENAI
-CONF
-    rm -f "$WORK"/cg.out.*
-    start_bg INT "$WORK/gw.log" valgrind --tool=callgrind \
-        --callgrind-out-file="$WORK/cg.out.%p" "$bin" run -c "$WORK/gw.toml"
-    local gw=${PIDS[-1]}
-    wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" "$gw" "the gateway under callgrind"
-    local ok
+    local n=$2 ok
+    callgrind_gateway "$1" info "$OPENAI" "$SIM_PORT" "$GW_PORT" "$ADMIN_PORT"
     ok=$(python3 "$BENCH_DIR/fixed_client.py" 127.0.0.1 "$GW_PORT" "$n" 8)
     [[ $ok == "$n" ]] || die "$ok of $n requests were answered 200"
-    stop_bg "$gw" INT
-    callgrind_annotate "$WORK"/cg.out.* > "$WORK/annotate.txt" 2>/dev/null
-    awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' "$WORK/annotate.txt"
+    callgrind_total
 }
 
 printf '%-40s %15s %15s %14s\n' binary start-up "$REQUESTS requests" "per request"

@@ -30,37 +30,12 @@ SIM=${PIDS[-1]}
 wait_http "http://127.0.0.1:$SIM_PORT/health" "$SIM" "the simulated backend"
 
 measure() { # measure BINARY OPENAI: prints the program's total instructions
-    local bin=$1 openai=$2
-    cat > "$WORK/gw.toml" <<EOF
-[server]
-listen = ["127.0.0.1:$GW_PORT"]
-threads = 1
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-[log]
-level = "warn"
-[[pool]]
-name = "p"
-[[pool.servers]]
-addr = "127.0.0.1:$SIM_PORT"
-[[route]]
-name = "r"
-path_prefix = "/"
-pool = "p"
-openai = $openai
-EOF
-    rm -f "$WORK"/cg.out.*
-    start_bg INT "$WORK/gw.log" valgrind --tool=callgrind \
-        --callgrind-out-file="$WORK/cg.out.%p" "$bin" run -c "$WORK/gw.toml"
-    local gw=${PIDS[-1]}
-    wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" "$gw" "the gateway under callgrind"
+    callgrind_gateway "$1" warn "$2" "$SIM_PORT" "$GW_PORT" "$ADMIN_PORT"
     python3 "$BENCH_DIR/sse_client.py" --target "127.0.0.1:$GW_PORT" --streams "$STREAMS" \
         --tokens "$TOKENS" --batch 50 --timeout 300s > "$WORK/client.json"
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); sys.exit(d['ok'] != int(sys.argv[2]))" \
         "$WORK/client.json" "$STREAMS" || die "not every stream was whole: $(cat "$WORK/client.json")"
-    stop_bg "$gw" INT
-    callgrind_annotate "$WORK"/cg.out.* > "$WORK/annotate.txt" 2>/dev/null
-    awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' "$WORK/annotate.txt"
+    callgrind_total
 }
 
 events=$((STREAMS * (TOKENS + 2)))

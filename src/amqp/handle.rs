@@ -6,7 +6,7 @@ use super::message::{self, Invalid, Settle};
 use crate::config::AmqpConsumer;
 use crate::drain::Drain;
 use crate::jobs::now_ms;
-use crate::jobs::record::{Job, Problem, RunEnd, State};
+use crate::jobs::record::{Job, Problem, RunEnd};
 use crate::proxy::Gateway;
 use bytes::Bytes;
 use lapin::message::Delivery;
@@ -140,30 +140,13 @@ async fn serve(
         .filter(|(n, _)| !(prepared.decoded && *n == http::header::CONTENT_ENCODING))
         .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
-    let now = now_ms();
-    let mut job = Job {
-        id: inbound.id.clone(),
-        route: gen.config.routes[prepared.route_idx].name.clone(),
-        key: None,
-        method: "POST".into(),
-        path: inbound
-            .head
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned(),
-        headers,
-        state: State::Queued,
-        attempts: 0,
-        started: 0,
-        created_ms: now,
-        started_ms: None,
-        finished_ms: None,
-        next_ms: now,
-        response: None,
-        error: None,
-        callback: None,
-    };
+    let route = gen.config.routes[prepared.route_idx].name.clone();
+    let path = inbound
+        .head
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str());
+    let mut job = Job::queued(inbound.id.clone(), route, "POST", path, headers, now_ms());
     drop(gen);
     let policy = ctx.cfg.policy;
     loop {

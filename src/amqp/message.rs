@@ -127,23 +127,18 @@ pub struct Settle {
     pub result: &'static str,
 }
 
-/// The error body the gateway answers with (OpenAI's shape).
-fn error_body(code: &str, message: &str) -> Vec<u8> {
-    serde_json::json!({"error": {"message": message, "type": "gateway_error", "code": code}})
+/// The error body the gateway answers with (OpenAI's shape): `kind` is
+/// `invalid_request_error` for a message the client must fix, else
+/// `gateway_error`.
+fn error_body(kind: &str, code: &str, message: &str) -> Vec<u8> {
+    serde_json::json!({"error": {"message": message, "type": kind, "code": code}})
         .to_string()
         .into_bytes()
 }
 
 /// A message that was never a request.
 pub fn settle_invalid(why: &Invalid) -> Settle {
-    let mut body = serde_json::json!({"error": {
-        "message": why.message, "type": "invalid_request_error", "code": why.code,
-    }})
-    .to_string()
-    .into_bytes();
-    if why.status >= 500 {
-        body = error_body(why.code, &why.message);
-    }
+    let body = error_body("invalid_request_error", why.code, &why.message);
     Settle {
         reply: Reply {
             status: why.status,
@@ -212,7 +207,7 @@ pub fn settle_job(job: &Job, result: Option<Vec<u8>>) -> Settle {
                 reply: Reply {
                     status,
                     content_type: "application/json".into(),
-                    body: error_body(&problem.code, &problem.message),
+                    body: error_body("gateway_error", &problem.code, &problem.message),
                     error: Some(problem.code.clone()),
                     attempts: job.attempts,
                 },
@@ -355,24 +350,9 @@ mod tests {
     }
 
     fn job(end: RunEnd, attempts_before: u32) -> Job {
-        let mut j = Job {
-            id: "m".into(),
-            route: "r".into(),
-            key: None,
-            method: "POST".into(),
-            path: "/v1/x".into(),
-            headers: vec![],
-            state: State::Running,
-            attempts: attempts_before,
-            started: 1,
-            created_ms: 0,
-            started_ms: Some(0),
-            finished_ms: None,
-            next_ms: 0,
-            response: None,
-            error: None,
-            callback: None,
-        };
+        let mut j = Job::queued("m".into(), "r".into(), "POST", "/v1/x", vec![], 0);
+        j.start(0);
+        j.attempts = attempts_before;
         let policy = Policy {
             max_attempts: 2,
             backoff: Duration::from_secs(1),

@@ -324,24 +324,14 @@ mod tests {
     }
 
     fn job(id: &str, now: u64) -> Job {
-        Job {
-            id: id.into(),
-            route: "r".into(),
-            key: None,
-            method: "POST".into(),
-            path: "/v1/chat/completions".into(),
-            headers: vec![],
-            state: State::Queued,
-            attempts: 0,
-            started: 0,
-            created_ms: now,
-            started_ms: None,
-            finished_ms: None,
-            next_ms: now,
-            response: None,
-            error: None,
-            callback: None,
-        }
+        Job::queued(
+            id.into(),
+            "r".into(),
+            "POST",
+            "/v1/chat/completions",
+            vec![],
+            now,
+        )
     }
 
     #[tokio::test]

@@ -94,6 +94,35 @@ pub struct Callback {
 }
 
 impl Job {
+    /// A new job, queued to run at once.
+    pub fn queued(
+        id: String,
+        route: String,
+        method: &str,
+        path: &str,
+        headers: Vec<(String, String)>,
+        now: u64,
+    ) -> Job {
+        Job {
+            id,
+            route,
+            key: None,
+            method: method.to_owned(),
+            path: path.to_owned(),
+            headers,
+            state: State::Queued,
+            attempts: 0,
+            started: 0,
+            created_ms: now,
+            started_ms: None,
+            finished_ms: None,
+            next_ms: now,
+            response: None,
+            error: None,
+            callback: None,
+        }
+    }
+
     /// Finished, with a callback still to deliver.
     pub fn callback_due(&self) -> bool {
         self.state.finished()

@@ -10,7 +10,7 @@ use crate::config::{Priority, RouteConfig};
 use crate::error::GatewayError;
 use crate::generation::Generation;
 use crate::jobs::callback;
-use crate::jobs::record::{Callback, Job, Policy, Problem, Response, RunEnd, State};
+use crate::jobs::record::{Callback, Job, Policy, Problem, Response, RunEnd};
 use crate::jobs::{new_id, now_ms, Jobs, SubmitError};
 use crate::metrics;
 use bytes::Bytes;
@@ -192,27 +192,18 @@ impl Gateway {
             })
             .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
+        let path = up_req.uri.path_and_query().map_or("/", |p| p.as_str());
         let job = Job {
-            id: new_id(),
-            route: route.name.clone(),
             key: key.map(str::to_owned),
-            method: up_req.method.as_str().to_owned(),
-            path: up_req
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned(),
-            headers,
-            state: State::Queued,
-            attempts: 0,
-            started: 0,
-            created_ms: now,
-            started_ms: None,
-            finished_ms: None,
-            next_ms: now,
-            response: None,
-            error: None,
             callback,
+            ..Job::queued(
+                new_id(),
+                route.name.clone(),
+                up_req.method.as_str(),
+                path,
+                headers,
+                now,
+            )
         };
         match jobs.submit(job.clone(), body).await {
             Ok(()) => {

@@ -47,6 +47,15 @@ fn queue(name: &str) -> String {
     )
 }
 
+/// A backend that waits `ms` before each answer.
+async fn slow_sim(name: &str, ms: u64) -> ballast::sim::SimServer {
+    let opts = SimOptions {
+        fault: latency(Duration::from_millis(ms)),
+        ..SimOptions::default()
+    };
+    sim_with(name, opts).await
+}
+
 fn config(broker: &Broker, q: &str, servers: &[String], pool_extra: &str, amqp: &str) -> String {
     format!(
         "{}{}[[amqp]]\nname = \"q\"\nqueue = \"{q}\"\nurl = \"{}\"\nbackoff = \"50ms\"\n{amqp}\n",
@@ -128,11 +137,7 @@ async fn every_request_is_answered_to_its_reply_queue_with_its_correlation_id() 
     let Some((broker, _use)) = Broker::shared().await else {
         return;
     };
-    let slow = SimOptions {
-        fault: latency(Duration::from_millis(30)),
-        ..SimOptions::default()
-    };
-    let (a, b) = (sim_with("a", slow.clone()).await, sim_with("b", slow).await);
+    let (a, b) = (slow_sim("a", 30).await, slow_sim("b", 30).await);
     let q = queue("answers");
     let servers = [a.addr().to_string(), b.addr().to_string()];
     let gw = Gateway::start(&config(broker, &q, &servers, "max_conns = 2", "")).await;
@@ -171,14 +176,7 @@ async fn two_gateways_share_one_queue() {
     let Some((broker, _use)) = Broker::shared().await else {
         return;
     };
-    let a = sim_with(
-        "a",
-        SimOptions {
-            fault: latency(Duration::from_millis(100)),
-            ..SimOptions::default()
-        },
-    )
-    .await;
+    let a = slow_sim("a", 100).await;
     let q = queue("shared");
     let servers = [a.addr().to_string()];
     let cfg = config(broker, &q, &servers, "max_conns = 2", "");
@@ -419,14 +417,7 @@ async fn a_broker_restart_loses_nothing() {
     let Some((broker, _use)) = Broker::exclusive().await else {
         return;
     };
-    let a = sim_with(
-        "a",
-        SimOptions {
-            fault: latency(Duration::from_millis(100)),
-            ..SimOptions::default()
-        },
-    )
-    .await;
+    let a = slow_sim("a", 100).await;
     let q = queue("restart");
     let gw = Gateway::start(&config(
         broker,
@@ -481,14 +472,7 @@ async fn a_killed_gateways_messages_are_redelivered_to_the_other() {
     let Some((broker, _use)) = Broker::shared().await else {
         return;
     };
-    let a = sim_with(
-        "a",
-        SimOptions {
-            fault: latency(Duration::from_millis(600)),
-            ..SimOptions::default()
-        },
-    )
-    .await;
+    let a = slow_sim("a", 600).await;
     let q = queue("killed");
     let cfg = config(broker, &q, &[a.addr().to_string()], "max_conns = 3", "");
     let mut first = Gateway::start(&cfg).await;
@@ -626,14 +610,7 @@ async fn a_draining_gateway_finishes_the_messages_in_hand_and_takes_no_more() {
     let Some((broker, _use)) = Broker::shared().await else {
         return;
     };
-    let a = sim_with(
-        "a",
-        SimOptions {
-            fault: latency(Duration::from_millis(800)),
-            ..SimOptions::default()
-        },
-    )
-    .await;
+    let a = slow_sim("a", 800).await;
     let q = queue("drain");
     let cfg = config(broker, &q, &[a.addr().to_string()], "max_conns = 2", "");
     let mut gw = Gateway::start_server("drain_delay = \"0s\"\ngrace_period = \"20s\"", &cfg).await;
