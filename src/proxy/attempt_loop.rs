@@ -478,7 +478,11 @@ impl Gateway {
         while feed && pool.admission.has_waiters() {
             match pool.acquire(Instant::now(), &[]) {
                 // Dropping a lease hands its slot to the head of the queue.
-                Ok(lease) => drop(lease),
+                Ok(lease) if !lease.is_probe() => drop(lease),
+                // A probe's slot is never handed on (dropping it frees it):
+                // feeding stops here, or it would take and free the same
+                // probe forever without yielding the thread.
+                Ok(_probe) => break,
                 Err(_) => break,
             }
         }

@@ -298,3 +298,44 @@ async fn fallback_pools_take_over_when_the_primary_cannot_serve() {
         "the queued request never reached main"
     );
 }
+
+/// A server waiting for its probe request must not stall the queue.
+/// Feeding the queue from free capacity used to take that server's probe
+/// and free it again, forever and without yielding, so each request that
+/// joined the queue then held a worker thread: with both threads spinning,
+/// nothing was answered until the clients gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_waiting_for_its_probe_does_not_stall_the_queue() {
+    let steady = slow("steady", 150).await;
+    let flaky = sim("flaky").await;
+    flaky.set_fault(status(503));
+    let gw = Gateway::start(&format!(
+        "{}[pool.queue]\nmax_depth = 100\nmax_wait = \"20s\"\n{}",
+        pool_toml(
+            "p",
+            &[steady.addr().to_string(), flaky.addr().to_string()],
+            "max_conns = 2\nmax_fails = 1\nfail_timeout = \"200ms\""
+        ),
+        route_toml("r", "/", "p", "")
+    ))
+    .await;
+
+    // Requests keep arriving while `steady` is full (so they queue) and
+    // `flaky`, ejected by its first 503, comes up for a probe.
+    let mut sent = Vec::new();
+    for _ in 0..30 {
+        let (c, u) = (gw.client.clone(), gw.url("/x"));
+        sent.push(tokio::spawn(async move {
+            // Far less than max_wait: a stalled queue would answer (shed
+            // with 503) only after it.
+            c.get(&u).timeout(Duration::from_secs(10)).send().await
+        }));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for r in join_all(sent).await {
+        let r = r.unwrap().expect("every request is answered");
+        assert_eq!(r.status(), 200);
+    }
+    assert!(flaky.stats().requests >= 1, "flaky was never tried");
+    assert!(steady.stats().peak_in_flight <= 2);
+}
