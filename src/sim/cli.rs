@@ -66,6 +66,10 @@ pub struct SimArgs {
     /// (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_context: u64,
+    /// Answer 503 ("server busy") to a request arriving while N are in
+    /// flight, as a full hosted API does (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_concurrency: u64,
 }
 
 impl SimArgs {
@@ -104,6 +108,7 @@ impl SimArgs {
             kv_cache_blocks: self.kv_cache_blocks,
             no_continuation: self.no_continuation,
             max_context: self.max_context,
+            max_concurrency: self.max_concurrency,
         }
     }
 }

@@ -98,6 +98,10 @@ async fn stream(
         return;
     }
     let (_in_flight, body_sha256) = handlers::begin(&shared, &req, "HTTP/2");
+    if let Some(reply) = handlers::over_capacity(&shared) {
+        let _ = send(&shared, &mut respond, reply, None).await;
+        return;
+    }
     let fault = shared.take_fault();
     if let Some(latency) = fault.latency {
         if wait_or_reset(Some(latency), |cx| respond.poll_reset(cx)).await {

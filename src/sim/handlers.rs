@@ -145,6 +145,16 @@ pub(crate) fn begin(shared: &Arc<Shared>, req: &Request, version: &str) -> (InFl
     (guard, body_sha256)
 }
 
+/// The 503 of a server at `max_concurrency` (counting the request that
+/// just began).
+pub(crate) fn over_capacity(shared: &Shared) -> Option<Reply> {
+    let max = shared.max_concurrency;
+    (max > 0 && shared.stats().in_flight > max).then(|| {
+        let msg = format!("server busy: {max} requests in flight at {}", shared.name);
+        Reply::error(503, &msg)
+    })
+}
+
 pub(crate) fn models(shared: &Shared) -> Reply {
     Reply::json(
         200,
@@ -167,6 +177,9 @@ fn sha256_hex(data: &[u8]) -> String {
 
 async fn traffic(shared: &Arc<Shared>, conn: &mut Conn, req: &Request) -> Flow {
     let (_in_flight, body_sha256) = begin(shared, req, "HTTP/1.1");
+    if let Some(reply) = over_capacity(shared) {
+        return send(shared, conn, reply, req.keep_alive, is_head(req), None).await;
+    }
     let fault = shared.take_fault();
     if let Some(latency) = fault.latency {
         if conn.wait_or_disconnect(Some(latency)).await {

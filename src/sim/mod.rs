@@ -78,6 +78,9 @@ pub struct SimOptions {
     /// Refuse prompts longer than this many words with vLLM's
     /// context-length 400 (0: no limit).
     pub max_context: u64,
+    /// Refuse a request with 503 while this many are in flight (0: no
+    /// limit): a backend with a real capacity.
+    pub max_concurrency: u64,
 }
 
 impl Default for SimOptions {
@@ -96,6 +99,7 @@ impl Default for SimOptions {
             kv_cache_blocks: 0,
             no_continuation: false,
             max_context: 0,
+            max_concurrency: 0,
         }
     }
 }
@@ -197,6 +201,7 @@ pub(crate) struct Shared {
     pub(crate) kv: kv::KvCache,
     pub(crate) no_continuation: bool,
     pub(crate) max_context: u64,
+    pub(crate) max_concurrency: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -354,6 +359,7 @@ impl SimServer {
             kv: kv::KvCache::new(opts.prefill_per_token, opts.kv_cache_blocks),
             no_continuation: opts.no_continuation,
             max_context: opts.max_context,
+            max_concurrency: opts.max_concurrency,
         });
         tokio::spawn(accept_loop(shared.clone(), listener));
         tracing::debug!(name = %shared.name, %addr, "sim server listening");

@@ -330,3 +330,26 @@ async fn shutdown_closes_open_connections() {
     }
     assert!(refused);
 }
+
+#[tokio::test]
+async fn max_concurrency_answers_busy_beyond_the_limit() {
+    let s = start("cap", |o| o.max_concurrency = 2).await;
+    s.set_fault(Fault::latency(Duration::from_millis(300)));
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(&s).await;
+        c.send("POST", "/v1/chat/completions", "", body).await;
+        held.push(c);
+    }
+    eventually("two requests in flight", || s.stats().in_flight == 2).await;
+    let mut third = Client::connect(&s).await;
+    let r = third.post("/v1/chat/completions", body).await;
+    assert_eq!(r.status, 503);
+    assert!(String::from_utf8_lossy(&r.body).contains("server busy"));
+    for mut c in held {
+        assert_eq!(c.response().await.unwrap().status, 200);
+    }
+    // Capacity is back once they are done.
+    assert_eq!(third.post("/v1/chat/completions", body).await.status, 200);
+}
