@@ -17,8 +17,11 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
-# Cargo checks that every target named in the manifest exists.
+# Cargo checks that every target named in the manifest exists, and loads
+# the workspace's other members (the benchmark suite's programs).
 COPY tests/e2e/main.rs tests/e2e/main.rs
+COPY bench/loadgen bench/loadgen
+COPY bench/pingora-bare bench/pingora-bare
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin ballast \

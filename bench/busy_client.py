@@ -168,7 +168,8 @@ async def run(args):
         "Accept: application/json\r\n"
         "Connection: close\r\n"
         f"Content-Length: {len(body)}\r\n"
-        "\r\n"
+        + "".join(f"{h}\r\n" for h in args.header)
+        + "\r\n"
     ).encode() + body
 
     n = int(round(args.rate * args.duration))
@@ -294,6 +295,8 @@ def main():
     ap.add_argument("--records", help="write one JSON line per request to this file")
     ap.add_argument("--out", help="write the stats JSON here instead of stdout")
     ap.add_argument("--label", default="")
+    ap.add_argument("--header", action="append", default=[],
+                    help="an extra request header, 'name: value' (repeat for more)")
     args = ap.parse_args()
     if args.rate <= 0 or args.duration <= 0:
         ap.error("--rate and --duration must be positive")
