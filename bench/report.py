@@ -237,8 +237,9 @@ def busy_section(d, out, charts):
                "`max_depth = 150`, HAProxy `maxqueue 50` per server and `timeout queue 5s`, the "
                "routers' `--max-concurrent-requests 12 --queue-size 150`; nginx has no queue, "
                "LiteLLM has `max_parallel_requests = 4` per backend), "
-               "retries of 502/503/504 and connect errors, passive ejection and 1 s health "
-               "checks. Once backend 3 is dead the remaining capacity cannot carry the load: "
+               "retries of 502/503/504 and connect errors, 1 s health checks, and passive "
+               "ejection where the proxy has it (Ballast and nginx: `max_fails = 3`, "
+               "`fail_timeout = 10s`; Ballast also `probe_interval = 500ms`). Once backend 3 is dead the remaining capacity cannot carry the load: "
                "the question is how many requests are still served, and whether the rest get an "
                "honest answer fast.\n")
     T = b["targets"]

@@ -360,7 +360,10 @@ struct StreamStats {
     open: u64,
     max_open: u64,
     heads: u64,
-    /// Epoch ms: when every stream had its head, and when any first had an event.
+    sent: u64,
+    /// Epoch ms: when every stream had sent its request, when every stream
+    /// had its head, and when any first had an event.
+    all_sent_ms: Option<f64>,
     all_heads_ms: Option<f64>,
     first_event_ms: Option<f64>,
 }
@@ -380,6 +383,13 @@ async fn one_stream(
     }
     let sent = Instant::now();
     conn.write_all(req).await.context("write")?;
+    {
+        let mut st = stats.lock().await;
+        st.sent += 1;
+        if st.sent == total {
+            st.all_sent_ms = Some(epoch_ms());
+        }
+    }
     let mut buf = Vec::with_capacity(4096);
     let (status, head, _, _) = read_head(&mut conn, &mut buf).await?;
     let head_at = Instant::now();
@@ -477,7 +487,8 @@ async fn streams(o: Opts) -> Result<Value> {
         "ok": st.ok, "failed": st.failed.clone(), "events": st.events,
         "max_open": st.max_open, "ramp_s": ramp.as_secs_f64(),
         "elapsed_s": started.elapsed().as_secs_f64(),
-        "all_heads_ms": st.all_heads_ms, "first_event_ms": st.first_event_ms,
+        "all_sent_ms": st.all_sent_ms, "all_heads_ms": st.all_heads_ms,
+        "first_event_ms": st.first_event_ms,
         "head_us": percentiles(&mut st.head_us),
         "ttfb_us": percentiles(&mut st.ttfb_us),
         "gap_us": percentiles(&mut st.gaps_us),
