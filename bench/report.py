@@ -246,15 +246,18 @@ def busy_section(d, out, charts):
     rows = []
     for n, t in T.items():
         if "success_share" not in t:
-            rows.append([lab(n), "failed: " + str(t.get("failed"))[:80], "", "", ""])
+            rows.append([lab(n), "failed: " + str(t.get("failed"))[:80], "", "", "", ""])
             continue
         errs = ", ".join(f"{k}: {v}" for k, v in sorted(t["outcomes"].items(), key=lambda kv:
                                                            -kv[1]) if k != "2xx")
         lat = t.get("latency_ms_ok") or {}
-        rows.append([lab(n), f"{t['success_share'] * 100:.1f} %", errs or "none",
+        by = t.get("served_by") or {}
+        served = " / ".join(str(by.get(b, 0)) for b in ("b1", "b2", "b3")) \
+            if by and set(by) <= {"b1", "b2", "b3"} else "—"
+        rows.append([lab(n), f"{t['success_share'] * 100:.1f} %", errs or "none", served,
                      f(lat.get("p50")), f(lat.get("p99"))])
-    out.append(table(["proxy", "answered 2xx", "the others", "p50 ms (2xx)", "p99 ms (2xx)"],
-                     rows))
+    out.append(table(["proxy", "answered 2xx", "the others", "2xx from b1 / b2 / b3",
+                      "p50 ms (2xx)", "p99 ms (2xx)"], rows))
     names = [n for n, t in T.items() if "success_share" in t]
     bar(charts / "busy-success.png", "Busy: share of requests answered 2xx (higher is better)",
         "% answered 2xx", names, [T[n]["success_share"] * 100 for n in names])

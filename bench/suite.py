@@ -917,7 +917,9 @@ def scenario_busy(ctx, results):
             results["busy"]["targets"][t.name] = {
                 "requests": r["requests"], "ok": r["ok"], "failed": r["failed"],
                 "success_share": r["ok"] / max(1, r["requests"]), "outcomes": r["outcomes"],
-                "latency_ms_ok": r["latency_ms_ok"]}
+                "latency_ms_ok": r["latency_ms_ok"],
+                # Which backend answered each success (the sim's x-sim-server).
+                "served_by": r.get("served_by", {})}
         t.stop()
         sims.stop(ctx)
 
