@@ -373,13 +373,15 @@ async fn one_stream(
     req: &[u8],
     stats: &Mutex<StreamStats>,
     total: u64,
+    connected: &mut bool,
 ) -> Result<()> {
     let mut conn = TcpStream::connect(target).await.context("connect")?;
     conn.set_nodelay(true)?;
-    stats.lock().await.open += 1;
     {
         let mut st = stats.lock().await;
+        st.open += 1;
         st.max_open = st.max_open.max(st.open);
+        *connected = true;
     }
     let sent = Instant::now();
     conn.write_all(req).await.context("write")?;
@@ -459,8 +461,12 @@ async fn streams(o: Opts) -> Result<Value> {
             let (req, stats, target, timeout) =
                 (req.clone(), stats.clone(), o.target.clone(), o.timeout);
             tasks.push(tokio::spawn(async move {
-                let r =
-                    tokio::time::timeout(timeout, one_stream(&target, &req, &stats, total)).await;
+                let mut connected = false;
+                let r = tokio::time::timeout(
+                    timeout,
+                    one_stream(&target, &req, &stats, total, &mut connected),
+                )
+                .await;
                 let mut st = stats.lock().await;
                 match r {
                     Ok(Ok(())) => st.ok += 1,
@@ -471,7 +477,10 @@ async fn streams(o: Opts) -> Result<Value> {
                     }
                     Err(_) => *st.failed.entry("timeout".into()).or_default() += 1,
                 }
-                st.open = st.open.saturating_sub(1);
+                // Only a stream that got its connection was counted as open.
+                if connected {
+                    st.open -= 1;
+                }
             }));
             opened += 1;
         }
