@@ -442,32 +442,35 @@ backend sim
         return [self.ctx.haproxy, "-W", "-db", "-f", str(conf)], {}
 
 
-class SglangRouter(Target):
+class Router(Target):
+    """The Rust LLM routers from PyPI share their command line but for the
+    program, its sub-command, the log level's spelling and the env."""
+
+    launch = []
+    log_level = ""
+    env = {}
+
+    def command(self, ports, mode, workers):
+        cmd = [str(self.ctx.venv / "bin" / self.launch[0])] + self.launch[1:] + [
+            "--host", "127.0.0.1", "--port", str(self.port), "--policy", "round_robin",
+            "--log-level", self.log_level,
+            "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_ports(1)[0]),
+            "--worker-urls"] + [f"http://127.0.0.1:{p}" for p in ports]
+        if mode == "busy":
+            cmd += ["--health-check-interval-secs", "1", "--max-concurrent-requests", "12",
+                    "--queue-size", "150", "--queue-timeout-secs", "5", "--retry-max-retries", "3"]
+        return cmd, {"TOKIO_WORKER_THREADS": str(workers), **self.env}
+
+
+class SglangRouter(Router):
     name, label = "sglang", "sglang-router"
-
-    def command(self, ports, mode, workers):
-        cmd = [str(self.ctx.venv / "bin" / "sglang-router"), "launch", "--host", "127.0.0.1",
-               "--port", str(self.port), "--policy", "round_robin", "--log-level", "warn",
-               "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_ports(1)[0]),
-               "--worker-urls"] + [f"http://127.0.0.1:{p}" for p in ports]
-        if mode == "busy":
-            cmd += ["--health-check-interval-secs", "1", "--max-concurrent-requests", "12",
-                    "--queue-size", "150", "--queue-timeout-secs", "5", "--retry-max-retries", "3"]
-        return cmd, {"TOKIO_WORKER_THREADS": str(workers)}
+    launch, log_level = ["sglang-router", "launch"], "warn"
 
 
-class VllmRouter(Target):
+class VllmRouter(Router):
     name, label = "vllm", "vllm-router"
-
-    def command(self, ports, mode, workers):
-        cmd = [str(self.ctx.venv / "bin" / "vllm-router"), "--host", "127.0.0.1",
-               "--port", str(self.port), "--policy", "round_robin", "--log-level", "warning",
-               "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_ports(1)[0]),
-               "--worker-urls"] + [f"http://127.0.0.1:{p}" for p in ports]
-        if mode == "busy":
-            cmd += ["--health-check-interval-secs", "1", "--max-concurrent-requests", "12",
-                    "--queue-size", "150", "--queue-timeout-secs", "5", "--retry-max-retries", "3"]
-        return cmd, {"TOKIO_WORKER_THREADS": str(workers), "RUST_LOG": "warn"}
+    launch, log_level = ["vllm-router"], "warning"
+    env = {"RUST_LOG": "warn"}  # its power-of-two policy logs every request otherwise
 
 
 class Litellm(Target):
