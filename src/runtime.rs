@@ -11,7 +11,8 @@ use crate::reload::Reloader;
 use anyhow::Context;
 use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
-use pingora_core::listeners::TcpSocketOptions;
+use pingora_core::listeners::{ListenerConfig, TcpSocketOptions};
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::protocols::TcpKeepalive;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownWatch};
@@ -288,7 +289,14 @@ pub fn run(path: &std::path::Path, mut config: Config, upgrade: bool) -> anyhow:
         Connections::new(app.clone(), listener_tls),
     );
     for addr in &config.server.listen {
-        gateway.add_tcp_with_settings(addr, client_socket_options());
+        // No read buffer: the gateway reads each request head itself
+        // (`connection`), and Pingora then reads into buffers of its own.
+        // Pingora's default is 64 KiB per connection, allocated zeroed at
+        // accept and held while the connection is open.
+        let endpoint = ListenerConfig::tcp(addr.as_str())
+            .tcp_socket_options(client_socket_options())
+            .l4_buffer(L4BufferSettings::default().read(0));
+        gateway.add_listener(endpoint);
     }
 
     let consumers: Vec<_> = config

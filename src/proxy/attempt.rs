@@ -114,10 +114,7 @@ pub async fn run(
         true => None,
         false => server.dial_turn(limits.connect).await,
     };
-    let (session, reused) = connector
-        .get_http_session(&peer)
-        .await
-        .map_err(|e| failed(&peer, &e))?;
+    let (session, reused) = connect(connector, &peer).await?;
     if !reused && !upgrade {
         server.note_protocol(matches!(session, HttpSession::H2(_)));
     }
@@ -133,16 +130,24 @@ pub async fn run(
             if reused && (phase == Phase::Sending || idempotent(&req.method)) =>
         {
             tracing::debug!(server = %peer, "pooled connection was stale; redialing");
-            let (session, _) = connector
-                .get_http_session(&peer)
-                .await
-                .map_err(|e| failed(&peer, &e))?;
+            let (session, _) = connect(connector, &peer).await?;
             exchange(session, req, body, limits, &peer)
                 .await
                 .map_err(|(outcome, _)| outcome)
         }
         Err((outcome, _)) => Err(outcome),
     }
+}
+
+/// A connection to `peer`: a pooled one, or a new one dialled (TCP, and TLS
+/// for hosted APIs). The dialling future is large (a TLS handshake lives in
+/// it) and only needed until connected: it is boxed, so that the request's
+/// own future, which lives as long as the answer streams, does not carry
+/// its size.
+async fn connect(connector: &Connector, peer: &HttpPeer) -> Result<(HttpSession, bool), Outcome> {
+    Box::pin(connector.get_http_session(peer))
+        .await
+        .map_err(|e| failed(peer, &e))
 }
 
 /// Where an exchange failed.

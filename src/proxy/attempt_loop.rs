@@ -140,9 +140,7 @@ impl Gateway {
             .obtain(gen, session, log, &req, Shape::Original, &[])
             .await
         {
-            Obtained::Answer(held, pool) => {
-                self.deliver(gen, session, log, pool, &req, *held).await
-            }
+            Obtained::Answer(held, pool) => self.deliver(gen, session, log, pool, &req, held).await,
             Obtained::Error(err) => self.reply(session, log, &err).await,
             Obtained::Gone => false,
         }
@@ -497,7 +495,7 @@ impl Gateway {
         log: &mut AccessLog<'a>,
         pool: &'a Pool,
         req: &Request<'_>,
-        held: Held,
+        held: Box<Held>,
     ) -> bool {
         let route = &gen.config.routes[req.route_idx];
         let Held {
@@ -506,7 +504,7 @@ impl Gateway {
             lease,
             server,
             sent_at,
-        } = held;
+        } = *held;
         metrics::first_byte(
             &pool.name,
             answer
@@ -529,8 +527,11 @@ impl Gateway {
         }
         let sse = respond::is_event_stream(&answer.head);
         log.streamed = answer.head.status == 101 || sse;
+        // Upgrades and resumable streams are boxed: their futures are large,
+        // and every request's future would otherwise be as large (it lives,
+        // and holds memory, for as long as its answer streams).
         let end = if answer.head.status == 101 {
-            upgrade::splice(session, answer, &route.timeouts).await
+            Box::pin(upgrade::splice(session, answer, &route.timeouts)).await
         } else {
             let resumable = sse && answer.head.status.is_success() && req.max_resumes.is_some();
             let how = respond::Forwarding {
@@ -542,8 +543,17 @@ impl Gateway {
                 cut: self.drain.cut(),
             };
             let (end, tokens) = if resumable {
-                self.forward_resuming(gen, session, log, pool, req, answer, (lease, server), &how)
-                    .await
+                Box::pin(self.forward_resuming(
+                    gen,
+                    session,
+                    log,
+                    pool,
+                    req,
+                    answer,
+                    (lease, server),
+                    &how,
+                ))
+                .await
             } else {
                 let forwarded = respond::forward(
                     session,

@@ -103,9 +103,10 @@ impl Connections {
         }
         // Pinned here so that a handshake cut by the deadline is counted
         // before its socket is dropped (a client that sees the close and
-        // asks for the metric must find it).
-        let handshake = tls.acceptor.tls_handshake(*tcp);
-        tokio::pin!(handshake);
+        // asks for the metric must find it). Boxed, as is the TLS branch's
+        // `serve_http`: the connection's future stays the size that a
+        // plaintext connection needs.
+        let mut handshake = Box::pin(tls.acceptor.tls_handshake(*tcp));
         let stream = match tokio::time::timeout_at(deadline, &mut handshake).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
@@ -123,7 +124,7 @@ impl Connections {
             Some(pingora_core::protocols::ALPN::H2)
         );
         let stream = Box::new(Rewound::new(stream));
-        self.serve_http(stream, accepted, h2, shutdown).await
+        Box::pin(self.serve_http(stream, accepted, h2, shutdown)).await
     }
 
     /// HTTP on an established transport: heads checked here, then handed
@@ -170,7 +171,13 @@ impl Connections {
                 }
                 Head::Http1(read) => {
                     io.unread(&read);
-                    let mut session = ServerSession::new_http1(io);
+                    // Not kept while the request is served: its capacity
+                    // is a whole read (8 KiB), for every open connection.
+                    drop(read);
+                    // Boxed: it is handed down by value through every layer of
+                    // the request's future, which would otherwise hold it at
+                    // each.
+                    let mut session = Box::new(ServerSession::new_http1(io));
                     match persistent.take() {
                         Some(settings) => settings.apply_to_session(&mut session),
                         None => session.set_keepalive(Some(limits.keepalive_idle.as_secs())),

@@ -111,7 +111,8 @@ impl Gateway {
             if !session.is_body_empty() {
                 session.set_keepalive(None);
             }
-            return self.job_api(session, log, jobs, key.as_deref(), id).await;
+            // Boxed: a large future, which every request would carry.
+            return Box::pin(self.job_api(session, log, jobs, key.as_deref(), id)).await;
         }
         if !gen.routes.path_matches(&path) {
             let keep = session.is_body_empty();
@@ -341,7 +342,7 @@ impl Gateway {
     /// returns the connection if it may carry another.
     async fn serve_http1(
         self: &Arc<Self>,
-        mut session: ServerSession,
+        mut session: Box<ServerSession>,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let started = Instant::now();
@@ -357,7 +358,7 @@ impl Gateway {
                 );
                 let elapsed = started.elapsed().as_secs_f64();
                 crate::metrics::request_done("none", err.status, elapsed, false, Some(elapsed));
-                if let ServerSession::H1(h1) = session {
+                if let ServerSession::H1(h1) = *session {
                     let mut stream = h1.into_inner();
                     let _ = respond::raw_error(&mut stream, &err).await;
                 }
@@ -369,7 +370,7 @@ impl Gateway {
 
     async fn serve(
         self: &Arc<Self>,
-        mut session: ServerSession,
+        mut session: Box<ServerSession>,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let _in_flight = self.drain.begin();
@@ -385,7 +386,8 @@ impl Gateway {
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
+        // Boxed: finishing's future is large and needed only now.
+        match Box::pin(session.finish()).await {
             Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
             Ok(None) => None,
             Err(e) => {
@@ -410,7 +412,7 @@ impl HttpServerApp for Gateway {
             Ok(true) => {}
             Ok(false) | Err(_) => return None,
         }
-        self.serve(session, shutdown).await
+        self.serve(Box::new(session), shutdown).await
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {

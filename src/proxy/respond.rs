@@ -251,11 +251,11 @@ pub async fn release(
             // Keep the connection pooled unless the backend asked to close it.
             h1.respect_keepalive();
         }
-        connector
-            .release_http_session(upstream, peer, Some(UPSTREAM_IDLE))
-            .await;
+        // Boxed, both: large futures, needed once per response, that would
+        // otherwise be part of every forwarding future while it streams.
+        Box::pin(connector.release_http_session(upstream, peer, Some(UPSTREAM_IDLE))).await;
     } else {
-        upstream.shutdown().await;
+        Box::pin(upstream.shutdown()).await;
     }
 }
 
