@@ -362,6 +362,28 @@ impl Pool {
         }
     }
 
+    /// Give the queue the capacity that is free at `now` (a server may have
+    /// come back without a slot being freed), and the probe of a server
+    /// whose ejection is over. A finishing request hands its slot to the
+    /// queue, but a probe is never handed on that way: while requests
+    /// queue, new ones join behind them instead of leasing, so the probe
+    /// must be given to the queue here or the server never comes back.
+    pub fn feed_queue(&self, now: Instant) {
+        while self.admission.has_waiters() {
+            let Ok(lease) = self.acquire(now, &[]) else {
+                return;
+            };
+            if lease.is_probe() {
+                // To the head of the queue; back when nobody waits after
+                // all, and then freed (the loop ends: no waiters).
+                drop(self.admission.hand_off(lease));
+            } else {
+                // Dropping a lease hands its slot to the head of the queue.
+                drop(lease);
+            }
+        }
+    }
+
     /// Lease the best usable server, preferring ones not in `tried`
     /// (server ids).
     pub fn acquire(&self, now: Instant, tried: &[u64]) -> Result<Lease, NoServer> {

@@ -381,3 +381,45 @@ fn sessions_hash_consistently_and_escape_overload() {
         .unwrap();
     assert_ne!(next.id(), mine, "overloaded: it escapes");
 }
+
+#[tokio::test]
+async fn a_waiting_queue_gets_the_probe_of_a_server_back_from_ejection() {
+    use crate::config::Priority;
+    // One server full, the other ejected: requests wait in the queue, and
+    // a finishing request never hands on a probe.
+    let mut cfg = pool_config(&[(1, 1), (2, 1)], 1);
+    for s in &mut cfg.servers {
+        s.max_conns = 1;
+    }
+    let p = Pool::new(&cfg, None, None);
+    let t0 = Instant::now();
+    p.servers()[0].record(true, t0);
+    let busy = p.acquire(t0, &[]).unwrap();
+    assert_eq!(busy.id(), p.servers()[1].id);
+    let limit = Duration::from_secs(60);
+    let first = p.admission.join(Priority::Normal, t0, limit).unwrap();
+    let second = p.admission.join(Priority::Normal, t0, limit).unwrap();
+
+    // Still ejected: nothing to give.
+    p.feed_queue(t0 + Duration::from_secs(1));
+    assert_eq!(p.admission.depth(), 2);
+
+    // The ejection is over: its one probe goes to the head of the queue,
+    // and nothing else is free.
+    let later = t0 + Duration::from_secs(10);
+    p.feed_queue(later);
+    let mut probe = first.wait().await.unwrap();
+    assert_eq!(probe.id(), p.servers()[0].id);
+    assert!(probe.is_probe());
+    assert_eq!(p.admission.depth(), 1, "the second request still waits");
+
+    // The probe succeeds: the server is back, and its capacity goes to
+    // the queue too.
+    probe.record(Outcome::Status(200), later);
+    drop(probe);
+    p.feed_queue(later);
+    let lease = second.wait().await.unwrap();
+    assert_eq!(lease.id(), p.servers()[0].id);
+    assert!(!lease.is_probe());
+    drop(busy);
+}

@@ -463,8 +463,9 @@ impl Gateway {
     }
 
     /// Wait in `pool`'s queue for a slot. With `feed`, first give the
-    /// queue any capacity that is free right now (a server may have come
-    /// back without freeing a slot).
+    /// queue any capacity that is free right now (`Pool::feed_queue`: a
+    /// server may have come back without freeing a slot, or be waiting for
+    /// its probe).
     async fn queue_for(
         &self,
         pool: &Pool,
@@ -473,16 +474,8 @@ impl Gateway {
         feed: bool,
     ) -> Result<Lease, Shed> {
         let waiting = pool.admission.join(priority, Instant::now(), limit)?;
-        while feed && pool.admission.has_waiters() {
-            match pool.acquire(Instant::now(), &[]) {
-                // Dropping a lease hands its slot to the head of the queue.
-                Ok(lease) if !lease.is_probe() => drop(lease),
-                // A probe's slot is never handed on (dropping it frees it):
-                // feeding stops here, or it would take and free the same
-                // probe forever without yielding the thread.
-                Ok(_probe) => break,
-                Err(_) => break,
-            }
+        if feed {
+            pool.feed_queue(Instant::now());
         }
         waiting.wait().await
     }

@@ -339,3 +339,54 @@ async fn a_server_waiting_for_its_probe_does_not_stall_the_queue() {
     assert!(flaky.stats().requests >= 1, "flaky was never tried");
     assert!(steady.stats().peak_in_flight <= 2);
 }
+
+#[tokio::test]
+async fn a_server_back_from_ejection_is_probed_while_requests_queue() {
+    // `steady` is full all along, so every request queues; `flaky` is
+    // ejected by a 503, then recovers. Its probe must come from the queue:
+    // no request leases directly while others wait.
+    let steady = slow("steady", 200).await;
+    let flaky = slow("flaky", 200).await;
+    flaky.set_fault(status(503));
+    let gw = Gateway::start(&format!(
+        "{}[pool.queue]\nmax_depth = 100\nmax_wait = \"20s\"\n{}",
+        pool_toml(
+            "p",
+            &[steady.addr().to_string(), flaky.addr().to_string()],
+            "max_conns = 2\nmax_fails = 1\nfail_timeout = \"300ms\""
+        ),
+        route_toml("r", "/", "p", "")
+    ))
+    .await;
+
+    let mut sent = Vec::new();
+    for i in 0..60 {
+        if i == 10 {
+            // flaky has answered its 503 by now (it was free): it is ejected.
+            flaky.set_fault(latency(Duration::from_millis(200)));
+        }
+        let (c, u) = (gw.client.clone(), gw.url("/x"));
+        sent.push(tokio::spawn(async move {
+            c.get(&u).timeout(Duration::from_secs(15)).send().await
+        }));
+        // 40 requests/s against the 10/s that steady alone can serve.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut ok = 0;
+    for r in join_all(sent).await {
+        let r = r.unwrap().expect("every request is answered");
+        if r.status() == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 60, "every request is served once flaky is back");
+    let flaky_stats = flaky.stats();
+    // Beyond its one 503: the probe, then a share of the traffic.
+    assert!(
+        flaky_stats.requests >= 10,
+        "flaky came back for {} requests in all",
+        flaky_stats.requests
+    );
+    assert!(steady.stats().peak_in_flight <= 2);
+    assert!(flaky_stats.peak_in_flight <= 2);
+}
