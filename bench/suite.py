@@ -599,6 +599,11 @@ class Ctx:
         self.haproxy = args.haproxy
         self.repeats = args.repeats
         self.quick = args.quick
+        # None: every target. Direct (the base of every ratio) always runs.
+        self.targets = set(args.targets.split(",")) if args.targets else None
+
+    def wanted(self, cls):
+        return self.targets is None or cls is Direct or cls.name in self.targets
 
     def bin(self, name):
         return self.bin_dir / name
@@ -634,7 +639,7 @@ def interleaved(ctx, targets, one_run, rounds):
 
 def started(ctx, classes, sims, mode="fast", workers=1, pinned=True):
     out = []
-    for cls in classes:
+    for cls in filter(ctx.wanted, classes):
         t = cls(ctx)
         log(f"starting {t.label} ({mode})")
         try:
@@ -807,7 +812,7 @@ def scenario_streams(ctx, results):
         body.write_bytes(chat_body(max_tokens=case["tokens"], stream=True))
         out = {"params": {k: case[k] for k in ("streams", "tokens", "interval_ms")},
                "targets": {}}
-        for cls in case["targets"]:
+        for cls in filter(ctx.wanted, case["targets"]):
             t = started(ctx, [cls], sims)
             if not t:
                 out["targets"][cls.name] = {"failed": "did not start"}
@@ -878,7 +883,7 @@ def scenario_busy(ctx, results):
     results["busy"] = {"params": {"rate": rate, "duration_s": dur, "latency_ms": 200,
                                   "slots": 4, "flap_every_s": flap_every, "kill_at_s": kill_at},
                        "targets": {}}
-    for cls in [Ballast, Nginx, Haproxy, SglangRouter, VllmRouter, Litellm]:
+    for cls in filter(ctx.wanted, [Ballast, Nginx, Haproxy, SglangRouter, VllmRouter, Litellm]):
         # Each backend takes 4 requests at once and answers 503 ("server
         # busy") beyond: a real capacity, the same whatever is in front.
         sims = Sims(ctx, f"busy-{cls.name}", 3, ["--latency", "200ms", "--max-concurrency", "4"],
@@ -981,6 +986,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="short runs, to try the suite out")
     ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    ap.add_argument("--targets", default="",
+                    help="comma-separated target names (ballast, ballast-plain, pingora, nginx, "
+                         "haproxy, sglang, vllm, litellm); all when empty")
     args = ap.parse_args()
     ctx = Ctx(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
