@@ -150,12 +150,21 @@ impl Connections {
         loop {
             // Between requests, a shutdown closes the connection (the
             // client reconnects elsewhere) rather than wait for a request
-            // it would then have to refuse.
-            if !head_limits.fresh && !self.next_byte(&mut io, &head_limits).await {
-                return;
-            }
+            // it would then have to refuse. Only a SIGTERM's drain closes
+            // idle connections: its load balancer has stopped sending. In a
+            // binary upgrade clients keep coming: the next request is
+            // served (with `Connection: close`), rather than racing a close
+            // against a request already on its way.
+            let fresh = head_limits.fresh;
+            let drain = &self.gateway.drain;
+            let stop = async move {
+                if fresh {
+                    std::future::pending::<()>().await;
+                }
+                drain.closing().await;
+            };
             let started = Instant::now();
-            match head::read(&mut *io, &head_limits).await {
+            match head::read(&mut *io, &head_limits, stop).await {
                 Head::Idle => return,
                 Head::Refuse(err) => {
                     refuse(io, &err, started).await;
@@ -240,31 +249,6 @@ impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::AcqRel);
         metrics::client_connections(-1);
-    }
-}
-
-impl Connections {
-    /// Wait for the first byte of a kept-alive connection's next request
-    /// (handed back for the head reader); `false` when the connection is
-    /// to close: the client closed it, it idled out, or a shutdown began.
-    async fn next_byte<T: Transport>(&self, io: &mut Box<T>, limits: &HeadLimits) -> bool {
-        use tokio::io::AsyncReadExt;
-        let mut one = [0u8; 1];
-        // Only a SIGTERM's drain closes idle connections: its load balancer
-        // has stopped sending. In a binary upgrade clients keep coming: the
-        // next request is served (with `Connection: close`), rather than
-        // racing a close against a request already on its way.
-        let read = tokio::select! {
-            read = tokio::time::timeout_at(limits.first_byte_by, io.read(&mut one)) => read,
-            _ = self.gateway.drain.closing() => return false,
-        };
-        match read {
-            Ok(Ok(1)) => {
-                io.unread(&one);
-                true
-            }
-            _ => false,
-        }
     }
 }
 

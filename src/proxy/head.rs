@@ -49,18 +49,35 @@ pub struct HeadLimits {
     pub h2c: bool,
 }
 
-pub async fn read<R: AsyncRead + Unpin>(io: &mut R, limits: &HeadLimits) -> Head {
+/// Read one head from `io`. `stop` resolving before the first byte has
+/// come closes the connection quietly (`Head::Idle`: a drain closing idle
+/// connections); once a byte is in, the head is read whole.
+pub async fn read<R, S>(io: &mut R, limits: &HeadLimits, stop: S) -> Head
+where
+    R: AsyncRead + Unpin,
+    S: std::future::Future<Output = ()>,
+{
     let mut buf = BytesMut::new();
     let mut deadline = limits.first_byte_by;
     let mut scanned = 0;
+    tokio::pin!(stop);
     loop {
         let before = buf.len();
         buf.reserve(READ_SIZE);
-        let read = tokio::time::timeout_at(
-            deadline,
-            (&mut *io).take(READ_SIZE as u64).read_buf(&mut buf),
-        )
-        .await;
+        // One read takes the whole head when it has come (a kept-alive
+        // connection's next request costs one read, not a byte then the
+        // rest). Reads are cancel-safe: a stop before the first byte
+        // loses nothing.
+        let mut limited = (&mut *io).take(READ_SIZE as u64);
+        let read = tokio::time::timeout_at(deadline, limited.read_buf(&mut buf));
+        let read = if before == 0 {
+            tokio::select! {
+                read = read => read,
+                _ = &mut stop => return Head::Idle,
+            }
+        } else {
+            read.await
+        };
         match read {
             // Closed, before a byte or mid-head: nobody to answer.
             Ok(Ok(0)) | Ok(Err(_)) => return Head::Idle,
@@ -156,7 +173,7 @@ mod tests {
 
     async fn read_all(bytes: &[u8], limits: &HeadLimits) -> Head {
         let mut io = tokio_test_io(bytes);
-        read(&mut io, limits).await
+        read(&mut io, limits, std::future::pending()).await
     }
 
     /// The bytes, then end of stream.
@@ -250,18 +267,27 @@ mod tests {
         // Nothing at all: a quiet close.
         let (client, mut server) = tokio::io::duplex(64);
         let l = limits(true);
-        assert!(matches!(read(&mut server, &l).await, Head::Idle));
+        assert!(matches!(
+            read(&mut server, &l, std::future::pending()).await,
+            Head::Idle
+        ));
 
         // A part of the HTTP/2 preface, then silence: a quiet close too.
         let (mut h2_client, mut h2_server) = tokio::io::duplex(64);
         h2_client.write_all(&H2_PREFACE[..12]).await.unwrap();
-        assert!(matches!(read(&mut h2_server, &l).await, Head::Idle));
+        assert!(matches!(
+            read(&mut h2_server, &l, std::future::pending()).await,
+            Head::Idle
+        ));
 
         // A fresh connection's head must be whole by its deadline: 408.
         let l = limits(true);
         let (mut client2, mut server2) = tokio::io::duplex(64);
         client2.write_all(b"GET / HT").await.unwrap();
-        assert_eq!(status(read(&mut server2, &l).await), 408);
+        assert_eq!(
+            status(read(&mut server2, &l, std::future::pending()).await),
+            408
+        );
 
         // A kept-alive connection may idle until first_byte_by, then has
         // header_timeout for the rest.
@@ -273,11 +299,42 @@ mod tests {
             max_bytes: 1024,
             h2c: false,
         };
-        let reader = tokio::spawn(async move { read(&mut server3, &l).await });
+        let reader =
+            tokio::spawn(async move { read(&mut server3, &l, std::future::pending()).await });
         tokio::time::sleep(Duration::from_secs(30)).await;
         client3.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert_eq!(status(reader.await.unwrap()), 408);
         drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_closes_an_idle_connection_but_not_a_head_under_way() {
+        use tokio::io::AsyncWriteExt;
+        let l = HeadLimits {
+            first_byte_by: Instant::now() + Duration::from_secs(60),
+            header_timeout: Duration::from_secs(5),
+            fresh: false,
+            max_bytes: 1024,
+            h2c: false,
+        };
+        // Nothing has come: the stop closes it at once, quietly.
+        let (_client, mut server) = tokio::io::duplex(64);
+        let stop = tokio::time::sleep(Duration::from_secs(1));
+        let started = Instant::now();
+        assert!(matches!(read(&mut server, &l, stop).await, Head::Idle));
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+
+        // A head has begun: the stop does not cut it, and it is read whole.
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let stop = tokio::time::sleep(Duration::from_millis(10));
+        let reader = tokio::spawn(async move { read(&mut server, &l, stop).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        client.write_all(b"Host: a\r\n\r\n").await.unwrap();
+        match reader.await.unwrap() {
+            Head::Http1(buf) => assert_eq!(&buf[..], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            other => panic!("{other:?}"),
+        }
     }
 }
