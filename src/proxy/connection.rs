@@ -163,11 +163,10 @@ impl Connections {
                 }
                 drain.closing().await;
             };
-            let started = Instant::now();
             match head::read(&mut *io, &head_limits, stop).await {
                 Head::Idle => return,
-                Head::Refuse(err) => {
-                    refuse(io, &err, started).await;
+                Head::Refuse(err, began) => {
+                    refuse(io, &err, began).await;
                     return;
                 }
                 Head::Http2(read) => {

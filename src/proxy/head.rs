@@ -29,8 +29,10 @@ pub enum Head {
     Http2(BytesMut),
     /// Closed, or idle past the deadline, before a byte: close quietly.
     Idle,
-    /// Answer with this error, then close.
-    Refuse(GatewayError),
+    /// Answer with this error, then close. The instant is when the head
+    /// began (its first byte on a kept-alive connection, the start of
+    /// reading on a fresh one): the refusal's duration counts from there.
+    Refuse(GatewayError, Instant),
 }
 
 /// The deadlines and sizes one head is read under.
@@ -60,6 +62,7 @@ where
     let mut buf = BytesMut::new();
     let mut deadline = limits.first_byte_by;
     let mut scanned = 0;
+    let mut began = Instant::now();
     tokio::pin!(stop);
     loop {
         let before = buf.len();
@@ -87,15 +90,19 @@ where
             // nothing to that client.
             Err(_) if limits.h2c && H2_PREFACE.starts_with(&buf) => return Head::Idle,
             Err(_) => {
-                return Head::Refuse(GatewayError::new(
-                    408,
-                    "request_timeout",
-                    "the request head did not arrive in time",
-                ))
+                return Head::Refuse(
+                    GatewayError::new(
+                        408,
+                        "request_timeout",
+                        "the request head did not arrive in time",
+                    ),
+                    began,
+                )
             }
         }
         if before == 0 && !limits.fresh {
-            deadline = Instant::now() + limits.header_timeout;
+            began = Instant::now();
+            deadline = began + limits.header_timeout;
         }
         if limits.h2c && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
             if buf.len() >= H2_PREFACE.len() {
@@ -106,17 +113,18 @@ where
         if let Some(end) = head_end(&buf, scanned) {
             return match check(&buf[..end]) {
                 Ok(()) => Head::Http1(buf),
-                Err(e) => Head::Refuse(e),
+                Err(e) => Head::Refuse(e, began),
             };
         }
         scanned = buf.len();
         if buf.len() > limits.max_bytes {
             let line = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
-            return Head::Refuse(if line > limits.max_bytes {
+            let err = if line > limits.max_bytes {
                 GatewayError::uri_too_long(limits.max_bytes as u64)
             } else {
                 GatewayError::headers_too_large(limits.max_bytes as u64)
-            });
+            };
+            return Head::Refuse(err, began);
         }
     }
 }
@@ -183,7 +191,7 @@ mod tests {
 
     fn status(head: Head) -> u16 {
         match head {
-            Head::Refuse(e) => e.status,
+            Head::Refuse(e, _) => e.status,
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
@@ -299,12 +307,21 @@ mod tests {
             max_bytes: 1024,
             h2c: false,
         };
+        let idle_from = Instant::now();
         let reader =
             tokio::spawn(async move { read(&mut server3, &l, std::future::pending()).await });
         tokio::time::sleep(Duration::from_secs(30)).await;
         client3.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(status(reader.await.unwrap()), 408);
+        match reader.await.unwrap() {
+            // The refusal's duration counts from the head's first byte,
+            // not from the idle time before it.
+            Head::Refuse(e, began) => {
+                assert_eq!(e.status, 408);
+                assert_eq!(began - idle_from, Duration::from_secs(30));
+            }
+            other => panic!("{other:?}"),
+        }
         drop(client);
     }
 
