@@ -20,6 +20,11 @@ const MAX_HEADERS: usize = 256;
 /// Bytes asked for per read; the buffer never grows past the limit plus one read.
 const READ_SIZE: usize = 8 * 1024;
 
+/// Bytes asked for by the first read, which may wait as long as a
+/// kept-alive connection idles: the buffer is held all that time. Most
+/// heads fit (an OpenAI SDK's is under 1 KiB); a longer one takes more reads.
+const FIRST_READ: usize = 2 * 1024;
+
 /// What the start of a connection (or of its next request) turned out to be.
 #[derive(Debug)]
 pub enum Head {
@@ -66,12 +71,13 @@ where
     tokio::pin!(stop);
     loop {
         let before = buf.len();
-        buf.reserve(READ_SIZE);
-        // One read takes the whole head when it has come (a kept-alive
-        // connection's next request costs one read, not a byte then the
-        // rest). Reads are cancel-safe: a stop before the first byte
-        // loses nothing.
-        let mut limited = (&mut *io).take(READ_SIZE as u64);
+        let want = if before == 0 { FIRST_READ } else { READ_SIZE };
+        buf.reserve(want);
+        // One read takes a whole head of up to FIRST_READ bytes (a
+        // kept-alive connection's next request costs one read, not a byte
+        // then the rest). Reads are cancel-safe: a stop before the first
+        // byte loses nothing.
+        let mut limited = (&mut *io).take(want as u64);
         let read = tokio::time::timeout_at(deadline, limited.read_buf(&mut buf));
         let read = if before == 0 {
             tokio::select! {
@@ -208,6 +214,21 @@ mod tests {
             read_all(b"GET / HTTP/1.1\nHost: a\n\n", &limits(true)).await,
             Head::Http1(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_head_longer_than_the_first_read_is_read_whole() {
+        let mut wire = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        while wire.len() < 3 * FIRST_READ {
+            wire.extend_from_slice(b"x-stainless-header: some value\r\n");
+        }
+        wire.extend_from_slice(b"\r\n");
+        let mut l = limits(false);
+        l.max_bytes = 16 * 1024;
+        match read_all(&wire, &l).await {
+            Head::Http1(buf) => assert_eq!(&buf[..], &wire[..]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]
