@@ -13,6 +13,9 @@
 #   nginx_sim_upstream PORT...     nginx's `upstream sim` block, equivalent to
 #                                  Ballast's pool (least_conn, max_fails, keepalive)
 #   build_ballast                  sets BIN: $BALLAST_BIN, or cargo build --release
+#   build_release                  ballast, bench/loadgen and bench/pingora-bare in
+#                                  one cargo call (shared dependencies, one feature set)
+#   rss_kib PID                    VmRSS of PID in KiB
 #   setup_workdir                  WORK temp dir + EXIT/INT/TERM traps that stop
 #                                  everything started with start_bg
 #   start_bg SIG LOG CMD...        run CMD in the background, remember its PID
@@ -89,6 +92,21 @@ build_ballast() { # sets BIN
         BIN=$REPO_DIR/target/release/ballast
     fi
     [[ -x $BIN ]] || die "ballast binary not found: $BIN"
+}
+
+build_release() { # the suite's binaries, built together as bench/run measures them
+    (cd "$REPO_DIR" && cargo build --release --locked -p ballast -p ballast-loadgen -p pingora-bare)
+}
+
+rss_kib() { # rss_kib PID: VmRSS in KiB
+    local k v _
+    while read -r k v _; do
+        if [[ $k == VmRSS: ]]; then
+            echo "$v"
+            return 0
+        fi
+    done <"/proc/$1/status"
+    return 1
 }
 
 # ---------------------------------------------------------------- work dir, cleanup

@@ -120,17 +120,6 @@ wait_http "http://127.0.0.1:$ADMIN_PORT/healthz" "$BALLAST_PID" "ballast"
 wait_http "http://127.0.0.1:$BALLAST_PORT/v1/models" "$BALLAST_PID" "ballast"
 
 # ---------------------------------------------------------------- helpers
-rss_kib() { # rss_kib PID: VmRSS in KiB
-    local k v _
-    while read -r k v _; do
-        if [[ $k == VmRSS: ]]; then
-            echo "$v"
-            return 0
-        fi
-    done <"/proc/$1/status"
-    return 1
-}
-
 rss_sampler() { # rss_sampler PID: "epoch_seconds rss_kib" every SAMPLE_INTERVAL until PID exits
     local pid=$1 v
     while v=$(rss_kib "$pid" 2>/dev/null); do

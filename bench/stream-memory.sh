@@ -36,8 +36,7 @@ if [[ -z ${BALLAST_BIN:-} || -z ${LOADGEN_BIN:-} ]]; then
 fi
 apt_install "${need[@]}"
 if [[ -z ${BALLAST_BIN:-} || -z ${LOADGEN_BIN:-} ]]; then
-    # One cargo call, as bench/run builds them (the same binary it measures).
-    (cd "$REPO_DIR" && cargo build --release --locked -p ballast -p ballast-loadgen -p pingora-bare)
+    build_release # as bench/run builds them: the same binary it measures
 fi
 BIN=${BALLAST_BIN:-$REPO_DIR/target/release/ballast}
 LOADGEN=${LOADGEN_BIN:-$REPO_DIR/target/release/loadgen}
@@ -92,11 +91,10 @@ streams() { # streams N OUT: open N streams through the gateway, loadgen's JSON 
     taskset -c 1 "$LOADGEN" streams --target "127.0.0.1:${ports[3]}" --streams "$1" \
         --body-file "$body" --batch 250 --batch-interval-ms 100 --timeout 60 >"$2"
 }
-rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$GW_PID/status"; }
 
 log "warm-up: 50 streams"
 streams 50 "$WORK/warmup.json"
-base=$(rss)
+base=$(rss_kib "$GW_PID")
 if [[ $PROFILE == 1 ]]; then
     start_bg INT "$WORK/perf.log" perf record -e page-faults -c 1 --call-graph dwarf,32768 \
         -p "$GW_PID" -o "$WORK/perf.data"
@@ -108,7 +106,7 @@ streams "$STREAMS" "$WORK/load.json" &
 load=$!
 : >"$WORK/rss.txt"
 while kill -0 "$load" 2>/dev/null; do
-    echo "$(date +%s%3N) $(rss)" >>"$WORK/rss.txt"
+    echo "$(date +%s%3N) $(rss_kib "$GW_PID")" >>"$WORK/rss.txt"
     sleep 0.1
 done
 wait "$load" || die "loadgen failed"
