@@ -185,6 +185,16 @@ mod tests {
         }
     }
 
+    /// A kept-alive connection's: it may idle a minute, then has
+    /// `header_timeout` for the head.
+    fn kept_alive(header_timeout: Duration) -> HeadLimits {
+        HeadLimits {
+            first_byte_by: Instant::now() + Duration::from_secs(60),
+            header_timeout,
+            ..limits(false)
+        }
+    }
+
     async fn read_all(bytes: &[u8], limits: &HeadLimits) -> Head {
         let mut io = tokio_test_io(bytes);
         read(&mut io, limits, std::future::pending()).await
@@ -321,13 +331,7 @@ mod tests {
         // A kept-alive connection may idle until first_byte_by, then has
         // header_timeout for the rest.
         let (mut client3, mut server3) = tokio::io::duplex(64);
-        let l = HeadLimits {
-            first_byte_by: Instant::now() + Duration::from_secs(60),
-            header_timeout: Duration::from_secs(2),
-            fresh: false,
-            max_bytes: 1024,
-            h2c: false,
-        };
+        let l = kept_alive(Duration::from_secs(2));
         let idle_from = Instant::now();
         let reader =
             tokio::spawn(async move { read(&mut server3, &l, std::future::pending()).await });
@@ -349,13 +353,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stop_closes_an_idle_connection_but_not_a_head_under_way() {
         use tokio::io::AsyncWriteExt;
-        let l = HeadLimits {
-            first_byte_by: Instant::now() + Duration::from_secs(60),
-            header_timeout: Duration::from_secs(5),
-            fresh: false,
-            max_bytes: 1024,
-            h2c: false,
-        };
+        let l = kept_alive(Duration::from_secs(5));
         // Nothing has come: the stop closes it at once, quietly.
         let (_client, mut server) = tokio::io::duplex(64);
         let stop = tokio::time::sleep(Duration::from_secs(1));

@@ -299,6 +299,45 @@ async fn fallback_pools_take_over_when_the_primary_cannot_serve() {
     );
 }
 
+/// A pool of `steady` and `flaky`, two requests in flight each, with a
+/// deep, patient queue; `flaky` is ejected by one failure for `fail_timeout`.
+async fn steady_and_flaky(steady: &SimServer, flaky: &SimServer, fail_timeout: &str) -> Gateway {
+    Gateway::start(&format!(
+        "{}[pool.queue]\nmax_depth = 100\nmax_wait = \"20s\"\n{}",
+        pool_toml(
+            "p",
+            &[steady.addr().to_string(), flaky.addr().to_string()],
+            &format!("max_conns = 2\nmax_fails = 1\nfail_timeout = \"{fail_timeout}\"")
+        ),
+        route_toml("r", "/", "p", "")
+    ))
+    .await
+}
+
+/// `n` requests, one every 25 ms (`before(i)` runs before the i-th), each
+/// allowed `timeout`; the answers, in order.
+async fn paced(
+    gw: &Gateway,
+    n: usize,
+    timeout: Duration,
+    mut before: impl FnMut(usize),
+) -> Vec<reqwest::Response> {
+    let mut sent = Vec::new();
+    for i in 0..n {
+        before(i);
+        let (c, u) = (gw.client.clone(), gw.url("/x"));
+        sent.push(tokio::spawn(async move {
+            c.get(&u).timeout(timeout).send().await
+        }));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    join_all(sent)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().expect("every request is answered"))
+        .collect()
+}
+
 /// A server waiting for its probe request must not stall the queue.
 /// Feeding the queue from free capacity used to take that server's probe
 /// and free it again, forever and without yielding, so each request that
@@ -309,31 +348,13 @@ async fn a_server_waiting_for_its_probe_does_not_stall_the_queue() {
     let steady = slow("steady", 150).await;
     let flaky = sim("flaky").await;
     flaky.set_fault(status(503));
-    let gw = Gateway::start(&format!(
-        "{}[pool.queue]\nmax_depth = 100\nmax_wait = \"20s\"\n{}",
-        pool_toml(
-            "p",
-            &[steady.addr().to_string(), flaky.addr().to_string()],
-            "max_conns = 2\nmax_fails = 1\nfail_timeout = \"200ms\""
-        ),
-        route_toml("r", "/", "p", "")
-    ))
-    .await;
+    let gw = steady_and_flaky(&steady, &flaky, "200ms").await;
 
     // Requests keep arriving while `steady` is full (so they queue) and
-    // `flaky`, ejected by its first 503, comes up for a probe.
-    let mut sent = Vec::new();
-    for _ in 0..30 {
-        let (c, u) = (gw.client.clone(), gw.url("/x"));
-        sent.push(tokio::spawn(async move {
-            // Far less than max_wait: a stalled queue would answer (shed
-            // with 503) only after it.
-            c.get(&u).timeout(Duration::from_secs(10)).send().await
-        }));
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    for r in join_all(sent).await {
-        let r = r.unwrap().expect("every request is answered");
+    // `flaky`, ejected by its first 503, comes up for a probe. Each may
+    // wait far less than max_wait: a stalled queue would answer (shed with
+    // 503) only after it.
+    for r in paced(&gw, 30, Duration::from_secs(10), |_| {}).await {
         assert_eq!(r.status(), 200);
     }
     assert!(flaky.stats().requests >= 1, "flaky was never tried");
@@ -346,39 +367,19 @@ async fn a_server_back_from_ejection_is_probed_while_requests_queue() {
     // ejected by a 503, then recovers. Its probe must come from the queue:
     // no request leases directly while others wait.
     let steady = slow("steady", 200).await;
-    let flaky = slow("flaky", 200).await;
+    let flaky = sim("flaky").await;
     flaky.set_fault(status(503));
-    let gw = Gateway::start(&format!(
-        "{}[pool.queue]\nmax_depth = 100\nmax_wait = \"20s\"\n{}",
-        pool_toml(
-            "p",
-            &[steady.addr().to_string(), flaky.addr().to_string()],
-            "max_conns = 2\nmax_fails = 1\nfail_timeout = \"300ms\""
-        ),
-        route_toml("r", "/", "p", "")
-    ))
-    .await;
+    let gw = steady_and_flaky(&steady, &flaky, "300ms").await;
 
-    let mut sent = Vec::new();
-    for i in 0..60 {
+    // 40 requests/s against the 10/s that steady alone can serve.
+    let answers = paced(&gw, 60, Duration::from_secs(15), |i| {
         if i == 10 {
             // flaky has answered its 503 by now (it was free): it is ejected.
             flaky.set_fault(latency(Duration::from_millis(200)));
         }
-        let (c, u) = (gw.client.clone(), gw.url("/x"));
-        sent.push(tokio::spawn(async move {
-            c.get(&u).timeout(Duration::from_secs(15)).send().await
-        }));
-        // 40 requests/s against the 10/s that steady alone can serve.
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let mut ok = 0;
-    for r in join_all(sent).await {
-        let r = r.unwrap().expect("every request is answered");
-        if r.status() == 200 {
-            ok += 1;
-        }
-    }
+    })
+    .await;
+    let ok = answers.iter().filter(|r| r.status() == 200).count();
     assert_eq!(ok, 60, "every request is served once flaky is back");
     let flaky_stats = flaky.stats();
     // Beyond its one 503: the probe, then a share of the traffic.
